@@ -1,0 +1,60 @@
+"""Step 6 (KFP shell): apply the InferenceService (``serving.deploy``)."""
+
+from kfp import dsl
+
+from components._image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def deploy_model(
+    storage_uri: str,
+    model_version: int,
+    model_name: str,
+    namespace: str,
+    canary_traffic_percent: int,
+    service_account: str,
+    target: str,
+    state_dir: str,
+    tracking_uri: str,
+) -> str:
+    """Apply the InferenceService; move the MLflow alias ``champion`` or ``challenger``.
+
+    Args:
+        storage_uri: The model version directory.
+        model_version: The store version.
+        model_name: The InferenceService and registered model name.
+        namespace: Kubernetes namespace (kubernetes target).
+        canary_traffic_percent: Share for the new revision when one already serves.
+        service_account: ServiceAccount with the S3 Secret (kubernetes target; empty: none).
+        target: ``local`` or ``kubernetes``.
+        state_dir: The local state directory (local target).
+        tracking_uri: MLflow tracking URI.
+
+    Returns:
+        The applied InferenceService as YAML.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from mlops import registry
+    from serving.deploy import deploy_inference_service, takes_all_traffic
+    from serving.inference_service import PredictorSettings
+
+    settings = PredictorSettings(
+        name=model_name,
+        namespace=namespace,
+        storage_uri=storage_uri,
+        model_version=model_version,
+        canary_traffic_percent=canary_traffic_percent,
+        service_account=service_account or None,
+    )
+    applied = deploy_inference_service(settings, target, Path(state_dir))
+    if takes_all_traffic(applied):
+        registry.move_alias(tracking_uri, model_name, model_version, registry.CHAMPION)
+        registry.drop_alias(tracking_uri, model_name, registry.CHALLENGER)
+    else:
+        registry.move_alias(tracking_uri, model_name, model_version, registry.CHALLENGER)
+    rendered = yaml.safe_dump(applied, sort_keys=False)
+    print(rendered)
+    return rendered

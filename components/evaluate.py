@@ -1,0 +1,90 @@
+"""Step 4 (KFP shell): score challenger and champion, decide (``mlops.evaluation``)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components._image import COMPONENT_OPTIONS
+
+
+@dsl.component(**COMPONENT_OPTIONS)
+def evaluate(
+    model: Input[Model],
+    holdout: Input[Dataset],
+    label_column: str,
+    model_name: str,
+    min_accuracy: float,
+    max_degradation: float,
+    tracking_uri: str,
+    data_source: str,
+    data_fingerprint: str,
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+) -> NamedTuple("Outputs", Output=bool, reason=str, mlflow_run_id=str):  # type: ignore[valid-type]  # noqa: UP014, E501
+    """Score challenger and champion on the holdout, log the run to MLflow, decide.
+
+    Args:
+        model: The challenger.
+        holdout: Rows neither model was trained on (same split for both).
+        label_column: The class label column.
+        model_name: Registered model whose ``champion`` alias is production.
+        min_accuracy: Absolute accuracy floor.
+        max_degradation: Allowed F1 drop against the champion.
+        tracking_uri: MLflow tracking URI.
+        data_source: Where the data came from (logged).
+        data_fingerprint: sha256 of the data (logged).
+        metrics: Scalar metrics for the KFP UI.
+        classification: Confusion matrix and ROC curve for the KFP UI.
+
+    Returns:
+        ``Output``: whether to deploy (the gate); ``reason``; the MLflow run id. The decision
+        is named ``Output`` because kfp.local's condition evaluator resolves only task outputs
+        of that name, and silently takes the false branch for others (kubeflow/pipelines#13313).
+    """
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    import joblib
+    import pandas as pd
+
+    from mlops import registry
+    from mlops.evaluation import classification_curves, decide_deployment, score_classifier
+    from mlops.store import fetch_version
+
+    rows = pd.read_parquet(holdout.path)
+    features = rows.drop(columns=[label_column]).to_numpy(dtype=float)
+    labels = rows[label_column].to_numpy()
+    challenger = joblib.load(model.path)
+    scores = score_classifier(challenger, features, labels)
+
+    champion_scores = None
+    champion_uri = registry.storage_uri_of_alias(tracking_uri, model_name, registry.CHAMPION)
+    if champion_uri:
+        with tempfile.TemporaryDirectory() as tmp:
+            champion_path, _ = fetch_version(champion_uri, Path(tmp))
+            champion_scores = score_classifier(joblib.load(champion_path), features, labels)
+    decision = decide_deployment(scores, champion_scores, min_accuracy, max_degradation)
+
+    for key, value in scores.items():
+        metrics.log_metric(key, value)
+    for key, value in (champion_scores or {}).items():
+        metrics.log_metric(f"champion_{key}", value)
+    classes, matrix, roc = classification_curves(challenger, features, labels)
+    classification.log_confusion_matrix(classes, matrix)
+    if roc is not None:
+        classification.log_roc_curve(*roc)
+
+    params = {**model.metadata.get("params", {}), "data_source": data_source}
+    run_id = registry.log_training_run(
+        tracking_uri,
+        experiment=model_name,
+        params={**params, "data_fingerprint": data_fingerprint},
+        metrics={**scores, **{f"champion_{k}": v for k, v in (champion_scores or {}).items()}},
+        model_path=Path(model.path),
+        tags={"deploy": str(decision.deploy), "reason": decision.reason},
+    )
+    print(f"decision: deploy={decision.deploy} ({decision.reason})")
+    outputs = namedtuple("Outputs", ["Output", "reason", "mlflow_run_id"])
+    return outputs(decision.deploy, decision.reason, run_id)

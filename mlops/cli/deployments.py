@@ -1,0 +1,141 @@
+"""``mlops get``, ``mlops promote`` and ``mlops rollback``: the InferenceService and its canary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from mlops.settings import DEFAULT_MODEL_NAME, default_tracking_uri, state_dir
+
+_TARGET = click.option(
+    "--target",
+    type=click.Choice(["local", "kubernetes"]),
+    default="local",
+    show_default=True,
+    help="The local runtime, or the cluster (kubeconfig).",
+)
+_NAMESPACE = click.option(
+    "-n",
+    "--namespace",
+    default="kubeflow-user",
+    show_default=True,
+    help="Namespace (kubernetes target).",
+)
+COLUMNS = (
+    "NAME",
+    "URL",
+    "READY",
+    "PREV",
+    "LATEST",
+    "PREVROLLEDOUTREVISION",
+    "LATESTREADYREVISION",
+    "AGE",
+)
+
+
+def _read(name: str, target: str, namespace: str) -> dict[str, Any]:
+    if target == "local":
+        from serving import local_controller
+
+        return dict(local_controller.read_state(name, state_dir())["inferenceService"])
+    from serving import kubernetes_target
+
+    return kubernetes_target.get(name, namespace)
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return ""
+    created = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    seconds = int((datetime.now(UTC) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def isvc_row(isvc: dict[str, Any]) -> tuple[str, ...]:
+    """The columns ``kubectl get isvc`` prints, read from the same status fields."""
+    status = isvc.get("status", {})
+    predictor = status.get("components", {}).get("predictor", {})
+    traffic = predictor.get("traffic", [])
+    prev = next((t for t in traffic if t.get("tag") == "prev"), {})
+    latest = next((t for t in traffic if t.get("latestRevision")), {})
+    ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "")
+    return (
+        isvc["metadata"]["name"],
+        str(status.get("url", "")),
+        ready,
+        str(prev.get("percent", "")),
+        str(latest.get("percent", "")),
+        str(prev.get("revisionName", "")),
+        str(predictor.get("latestReadyRevision", "")),
+        _age(isvc["metadata"].get("creationTimestamp")),
+    )
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns separated by three spaces, as kubectl prints them."""
+    table = [COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
+
+
+@click.command()
+@click.argument("name", default=DEFAULT_MODEL_NAME)
+@click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
+@_TARGET
+@_NAMESPACE
+def get(name: str, output: str, target: str, namespace: str) -> None:
+    """Show the InferenceService NAME, as `kubectl get isvc` does (-o yaml for all of it)."""
+    import json
+
+    import yaml
+
+    isvc = _read(name, target, namespace)
+    if output == "yaml":
+        click.echo(yaml.safe_dump(isvc, sort_keys=False), nl=False)
+    elif output == "json":
+        click.echo(json.dumps(isvc, indent=2))
+    else:
+        click.echo(format_table([isvc_row(isvc)]))
+
+
+def _set_traffic(name: str, percent: int | None, target: str, namespace: str) -> None:
+    from serving.deploy import set_canary_traffic
+
+    applied = set_canary_traffic(
+        name,
+        percent,
+        target,
+        state_dir=state_dir(),
+        namespace=namespace,
+        tracking_uri=default_tracking_uri(),
+    )
+    click.echo(format_table([isvc_row(applied)]))
+
+
+@click.command()
+@click.argument("name", default=DEFAULT_MODEL_NAME)
+@_TARGET
+@_NAMESPACE
+def promote(name: str, target: str, namespace: str) -> None:
+    """Give the latest revision all traffic (removes canaryTrafficPercent)."""
+    _set_traffic(name, None, target, namespace)
+
+
+@click.command()
+@click.argument("name", default=DEFAULT_MODEL_NAME)
+@_TARGET
+@_NAMESPACE
+def rollback(name: str, target: str, namespace: str) -> None:
+    """Send all traffic back to the previously rolled-out revision (canaryTrafficPercent: 0)."""
+    _set_traffic(name, 0, target, namespace)
+
+
+COMMANDS = [get, promote, rollback]

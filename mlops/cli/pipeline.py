@@ -1,0 +1,191 @@
+"""``mlops run``, ``mlops compile`` and ``mlops submit``: the training pipeline, here or on KFP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlops.settings import DEFAULT_MODEL_NAME, state_dir
+from pipelines.compile import COMPILED as COMPILED_PIPELINE
+
+
+def _hyperparameters(_ctx: click.Context, _param: click.Parameter, value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise click.BadParameter(f"not JSON ({err.msg}); e.g. '{{\"C\": 0.5}}'") from err
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"C\": 0.5}'")
+    return parsed
+
+
+def pipeline_options(func: Any) -> Any:
+    """The pipeline parameters a user sets from the command line (run and submit)."""
+    options = [
+        click.option(
+            "--source",
+            default="sklearn:breast_cancer",
+            show_default=True,
+            help="sklearn:<name>, a CSV/Parquet path, or s3://bucket/key.",
+        ),
+        click.option("--label-column", default="target", show_default=True),
+        click.option(
+            "--estimator",
+            default="logistic_regression",
+            show_default=True,
+            type=click.Choice(["logistic_regression", "random_forest", "gradient_boosting"]),
+        ),
+        click.option(
+            "--hyperparameters",
+            default='{"C": 1.0, "max_iter": 1000}',
+            show_default=True,
+            callback=_hyperparameters,
+            help="JSON object.",
+        ),
+        click.option("--seed", default=42, show_default=True, type=int),
+        click.option(
+            "--test-size",
+            default=0.2,
+            show_default=True,
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        ),
+        click.option(
+            "--label-noise",
+            default=0.0,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Share of training labels replaced at random (a degraded model).",
+        ),
+        click.option("--min-rows", default=100, show_default=True, type=click.IntRange(1)),
+        click.option("--min-accuracy", default=0.9, show_default=True, type=click.FloatRange(0, 1)),
+        click.option(
+            "--max-degradation",
+            default=0.02,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Allowed F1 drop against the champion.",
+        ),
+        click.option(
+            "--canary-percent",
+            "canary_traffic_percent",
+            default=10,
+            show_default=True,
+            type=click.IntRange(0, 100),
+            help="Traffic share of a new revision when one already serves.",
+        ),
+        click.option(
+            "--model-name",
+            default=DEFAULT_MODEL_NAME,
+            show_default=True,
+            help="Model, registry and InferenceService name.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command()
+@pipeline_options
+@click.option("-v", "--verbose", is_flag=True, help="Show every step's output.")
+def run(verbose: bool, **arguments: Any) -> None:
+    """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService."""
+    from pipelines.local import PipelineRunError, run_locally
+
+    try:
+        summary = run_locally(arguments, state_dir(), verbose=verbose)
+    except PipelineRunError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo("")
+    for key, value in sorted(summary.metrics.items()):
+        click.echo(f"  {key:<20} {value:.4f}")
+    verdict = click.style(
+        "deploy" if summary.deploy else "gated",
+        bold=True,
+        fg="green" if summary.deploy else "yellow",
+    )
+    click.echo(f"decision: {verdict}: {summary.reason}")
+    click.echo(f"mlflow run: {summary.mlflow_run_id}")
+    if summary.version is not None:
+        click.echo(
+            f"model: {arguments['model_name']} version {summary.version} at {summary.storage_uri}"
+        )
+        click.echo(f"InferenceService: `mlops get {summary.isvc_name}`; serve it: `mlops serve`")
+    else:
+        click.echo("model: not uploaded; the serving InferenceService is unchanged")
+    click.echo(f"step logs: {summary.log_file}")
+
+
+@click.command(name="compile")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=COMPILED_PIPELINE,
+    show_default=True,
+)
+def compile_pipeline(output: Path) -> None:
+    """Compile the pipeline to KFP IR YAML (the file committed under pipelines/compiled/)."""
+    from pipelines.compile import compile_to
+
+    compile_to(output)
+    click.echo(f"wrote {output}")
+
+
+@click.command()
+@click.option(
+    "--host",
+    required=True,
+    envvar="KFP_HOST",
+    help="KFP API endpoint, e.g. http://localhost:8888 (port-forwarded ml-pipeline-ui).",
+)
+@pipeline_options
+@click.option(
+    "--namespace",
+    default="kubeflow-user",
+    show_default=True,
+    help="Namespace of the InferenceService.",
+)
+@click.option("--store-uri", default="s3://models", show_default=True)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI as the pipeline pods see it (default: the pipeline's).",
+)
+@click.option(
+    "--service-account",
+    default="kserve-minio-sa",
+    show_default=True,
+    help="ServiceAccount whose Secret lets the predictor read the store.",
+)
+@click.option("--experiment", default="breast-cancer", show_default=True)
+@click.option("--timeout", default=1800, show_default=True, type=int, help="Seconds to wait.")
+def submit(
+    host: str, experiment: str, timeout: int, tracking_uri: str | None, **arguments: Any
+) -> None:
+    """Submit the compiled pipeline to Kubeflow Pipelines, wait for it, print the run's URL."""
+    import kfp
+
+    if tracking_uri:
+        arguments["tracking_uri"] = tracking_uri
+    arguments["deploy_target"] = "kubernetes"
+    client = kfp.Client(host=host)
+    run = client.create_run_from_pipeline_package(
+        str(COMPILED_PIPELINE),
+        arguments=arguments,
+        experiment_name=experiment,
+        enable_caching=False,
+    )
+    url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+    click.echo(f"submitted run {run.run_id}: {url}")
+    finished = client.wait_for_run_completion(run.run_id, timeout=timeout)
+    state = str(finished.state)
+    click.echo(f"run {run.run_id} finished: {state}")
+    if state != "SUCCEEDED":
+        raise click.ClickException(f"run {run.run_id} ended {state}; see {url}")
+
+
+COMMANDS = [run, compile_pipeline, submit]

@@ -1,0 +1,156 @@
+"""Run the training pipeline on this machine with ``kfp.local`` (no cluster, same components).
+
+The runner is KFP's ``SubprocessRunner`` without a venv: every step runs as a subprocess of
+this very interpreter, so the project installed here is the project the steps import, as the
+project image is in the cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from mlops import registry
+from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracking_uri
+
+# The last "SomethingError: message" line a failed step printed is the cause worth showing.
+_ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+class PipelineRunError(RuntimeError):
+    """A step of the local run failed; the message is the step's own error line."""
+
+
+@dataclass
+class LocalRunSummary:
+    """What a local run decided and produced."""
+
+    deploy: bool
+    reason: str
+    metrics: dict[str, float]
+    mlflow_run_id: str
+    version: int | None = None
+    storage_uri: str | None = None
+    isvc_name: str | None = None
+    log_file: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def local_arguments(overrides: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """Pipeline arguments for a local run: local store, MLflow and deploy target."""
+    return {
+        "store_uri": default_store_uri(),
+        "tracking_uri": default_tracking_uri(),
+        "deploy_target": "local",
+        "namespace": "default",
+        "state_dir": str(state_dir),
+        "model_name": DEFAULT_MODEL_NAME,
+        **overrides,
+    }
+
+
+class _Tee(io.TextIOBase):
+    """Copy what the steps print into a log file, and on to the terminal when verbose."""
+
+    def __init__(self, log: TextIO, echo: TextIO | None) -> None:
+        self.log, self.echo, self.error_line = log, echo, ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        if self.echo:
+            self.echo.write(text)
+        for line in text.splitlines():
+            match = _ERROR_LINE.match(line.strip())
+            if match:
+                self.error_line = f"{match.group(1)}: {match.group(2)}"
+        return len(text)
+
+
+@contextlib.contextmanager
+def _captured_steps(log_file: Path, verbose: bool) -> Iterator[_Tee]:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        open(log_file, "w") as log,
+        contextlib.redirect_stdout(_Tee(log, sys.stdout if verbose else None)) as tee,
+    ):
+        yield tee  # type: ignore[misc]
+
+
+def code_version() -> str:
+    """The git commit of the working tree, or the package version outside a checkout."""
+    import mlops
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return mlops.__version__
+
+
+def run_locally(
+    arguments: dict[str, Any], state_dir: Path, *, verbose: bool = False
+) -> LocalRunSummary:
+    """Run the pipeline with ``kfp.local`` and summarize it from MLflow and the store.
+
+    Args:
+        arguments: Pipeline arguments (see ``training_pipeline``); local defaults are added.
+        state_dir: The project's state directory (``.mlops``).
+        verbose: Echo every step's output, not only KFP's progress lines.
+
+    Raises:
+        PipelineRunError: When a step fails, with that step's error line.
+    """
+    import os
+
+    from kfp import local
+
+    from pipelines.training import training_pipeline
+
+    arguments = local_arguments(arguments, state_dir)
+    os.environ.setdefault("MLOPS_CODE_VERSION", code_version())
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(state_dir / "pipeline_root"),
+    )
+    log_file = state_dir / "logs" / "last-run.log"
+    with warnings.catch_warnings(), _captured_steps(log_file, verbose) as tee:
+        # kfp warns when an image name lacks "python"; ours is the project image.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            outputs = training_pipeline(**arguments)
+        except RuntimeError as err:
+            raise PipelineRunError(tee.error_line or f"{err} (see {log_file})") from err
+    return _summarize(outputs.outputs, arguments, log_file)
+
+
+def _summarize(outputs: dict[str, Any], arguments: dict[str, Any], log: Path) -> LocalRunSummary:
+    import mlflow
+
+    run_id = str(outputs["mlflow_run_id"])
+    client = mlflow.MlflowClient(tracking_uri=arguments["tracking_uri"])
+    metrics = client.get_run(run_id).data.metrics
+    summary = LocalRunSummary(
+        deploy=bool(outputs["deploy"]),
+        reason=str(outputs["reason"]),
+        metrics=dict(metrics),
+        mlflow_run_id=run_id,
+        log_file=log,
+    )
+    if summary.deploy:
+        version = registry.version_of_run(
+            arguments["tracking_uri"], arguments["model_name"], run_id
+        )
+        if version:
+            summary.version, summary.storage_uri = version
+            summary.isvc_name = arguments["model_name"]
+    return summary

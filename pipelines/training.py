@@ -1,0 +1,103 @@
+"""The training pipeline: load, validate, train, evaluate, then (gate passed) upload and deploy."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+
+from components import deploy_model, evaluate, load_data, train, upload_model, validate_data
+from mlops.settings import DEFAULT_MODEL_NAME
+
+PIPELINE_NAME = "train-gate-deploy-sklearn"
+# The store, MLflow and target defaults are the cluster's; `mlops run` passes local ones.
+CLUSTER_STORE_URI = "s3://models"
+CLUSTER_TRACKING_URI = "http://mlflow.kubeflow-user.svc.cluster.local:5000"
+_IO_RETRIES = {"num_retries": 2, "backoff_duration": "10s"}
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description=__doc__)
+def training_pipeline(
+    source: str = "sklearn:breast_cancer",
+    label_column: str = "target",
+    min_rows: int = 100,
+    expected_columns: list = [],  # noqa: B006 (KFP reads the default, it is never mutated)
+    estimator: str = "logistic_regression",
+    hyperparameters: dict = {"C": 1.0, "max_iter": 1000},  # noqa: B006
+    test_size: float = 0.2,
+    seed: int = 42,
+    label_noise: float = 0.0,
+    min_accuracy: float = 0.9,
+    max_degradation: float = 0.02,
+    model_name: str = DEFAULT_MODEL_NAME,
+    store_uri: str = CLUSTER_STORE_URI,
+    tracking_uri: str = CLUSTER_TRACKING_URI,
+    deploy_target: str = "kubernetes",
+    namespace: str = "kubeflow-user",
+    service_account: str = "",
+    canary_traffic_percent: int = 10,
+    state_dir: str = "",
+) -> NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str):  # type: ignore[valid-type]  # noqa: UP014, E501
+    """Train a classifier and ship it only when it is at least as good as production."""
+    loaded = load_data(source=source).set_caching_options(False).set_retry(**_IO_RETRIES)
+    validated = validate_data(
+        dataset=loaded.outputs["dataset"],
+        label_column=label_column,
+        min_rows=min_rows,
+        expected_columns=expected_columns,
+    )
+    trained = train(
+        dataset=loaded.outputs["dataset"],
+        label_column=label_column,
+        estimator=estimator,
+        hyperparameters=hyperparameters,
+        test_size=test_size,
+        seed=seed,
+        label_noise=label_noise,
+    ).after(validated)
+    # Not cached: the champion it compares against changes between runs.
+    evaluated = evaluate(
+        model=trained.outputs["model"],
+        holdout=trained.outputs["holdout"],
+        label_column=label_column,
+        model_name=model_name,
+        min_accuracy=min_accuracy,
+        max_degradation=max_degradation,
+        tracking_uri=tracking_uri,
+        data_source=source,
+        data_fingerprint=validated.outputs["Output"],
+    ).set_caching_options(False)
+    with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+        uploaded = (
+            upload_model(
+                model=trained.outputs["model"],
+                metrics=evaluated.outputs["metrics"],
+                reference=validated.outputs["reference"],
+                data_fingerprint=validated.outputs["Output"],
+                model_name=model_name,
+                store_uri=store_uri,
+                tracking_uri=tracking_uri,
+                mlflow_run_id=evaluated.outputs["mlflow_run_id"],
+            )
+            .set_caching_options(False)
+            .set_retry(**_IO_RETRIES)
+        )
+        (
+            deploy_model(
+                storage_uri=uploaded.outputs["storage_uri"],
+                model_version=uploaded.outputs["version"],
+                model_name=model_name,
+                namespace=namespace,
+                canary_traffic_percent=canary_traffic_percent,
+                service_account=service_account,
+                target=deploy_target,
+                state_dir=state_dir,
+                tracking_uri=tracking_uri,
+            )
+            .set_caching_options(False)
+            .set_retry(**_IO_RETRIES)
+        )
+    outputs = NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str)  # noqa: UP014
+    return outputs(
+        deploy=evaluated.outputs["Output"],
+        reason=evaluated.outputs["reason"],
+        mlflow_run_id=evaluated.outputs["mlflow_run_id"],
+    )

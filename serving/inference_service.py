@@ -1,0 +1,153 @@
+"""Build the KServe InferenceService for a model version, with the ``kserve`` SDK's typed classes.
+
+The object is the same for both targets: the local runtime (``serving.local``) gives it the
+meaning KServe's Knative mode gives it in the cluster, where ``KServeClient`` applies it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kserve import V1beta1InferenceService
+
+# KServe's sklearn server pins scikit-learn ~=1.5.1 (v0.15 to v0.20), the version this project
+# trains with. Named explicitly: with protocolVersion v2 and no runtime, KServe would pick
+# kserve-mlserver, whose lock has scikit-learn 1.6.1.
+SKLEARN_RUNTIME = "kserve-sklearnserver"
+# Adds the latest-/prev- host names that reach one revision directly (tag routing).
+TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
+# Which model version an InferenceService serves: read by `mlops get` and the e2e tests.
+MODEL_VERSION_LABEL = "mlops.example.com/model-version"
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """What the predictor of a deployed model looks like.
+
+    Attributes:
+        name: InferenceService name (a DNS-1035 label), also the served model's name.
+        namespace: Kubernetes namespace.
+        storage_uri: The model version directory (``s3://...`` or a local path).
+        model_version: The store version being deployed.
+        canary_traffic_percent: Share of traffic for this (latest) revision; ``None`` = all.
+        service_account: ServiceAccount whose Secret carries the S3 credentials, if any.
+        cpu: CPU request (small, so two revisions fit on a CI runner).
+        memory: Memory request.
+    """
+
+    name: str
+    storage_uri: str
+    model_version: int
+    namespace: str = "default"
+    canary_traffic_percent: int | None = None
+    service_account: str | None = None
+    cpu: str = "100m"
+    memory: str = "256Mi"
+
+    def __post_init__(self) -> None:
+        if not _DNS_1035.match(self.name):
+            raise ValueError(
+                f"name {self.name!r} is not a valid InferenceService name: use lowercase "
+                "letters, digits and '-', starting with a letter (at most 63 characters)"
+            )
+        percent = self.canary_traffic_percent
+        if percent is not None and not 0 <= percent <= 100:
+            raise ValueError(f"canary_traffic_percent must be within 0..100, got {percent}")
+        if not self.storage_uri:
+            raise ValueError("storage_uri is empty: it must name the model version directory")
+
+
+def build_inference_service(settings: PredictorSettings) -> V1beta1InferenceService:
+    """Return the InferenceService that serves ``settings.storage_uri`` with the sklearn runtime.
+
+    Args:
+        settings: The predictor's name, model location, canary share and resources.
+
+    Returns:
+        A typed ``V1beta1InferenceService`` (``modelFormat: sklearn``, ``protocolVersion: v2``).
+    """
+    from kserve import (
+        V1beta1InferenceService,
+        V1beta1InferenceServiceSpec,
+        V1beta1ModelFormat,
+        V1beta1ModelSpec,
+        V1beta1PredictorSpec,
+        constants,
+    )
+    from kubernetes.client import V1ObjectMeta, V1ResourceRequirements
+
+    requests = {"cpu": settings.cpu, "memory": settings.memory}
+    return V1beta1InferenceService(
+        api_version=constants.KSERVE_V1BETA1,
+        kind=constants.KSERVE_KIND_INFERENCESERVICE,
+        metadata=V1ObjectMeta(
+            name=settings.name,
+            namespace=settings.namespace,
+            annotations={TAG_ROUTING_ANNOTATION: "true"},
+            labels={MODEL_VERSION_LABEL: str(settings.model_version)},
+        ),
+        spec=V1beta1InferenceServiceSpec(
+            predictor=V1beta1PredictorSpec(
+                canary_traffic_percent=settings.canary_traffic_percent,
+                service_account_name=settings.service_account,
+                min_replicas=1,
+                model=V1beta1ModelSpec(
+                    model_format=V1beta1ModelFormat(name="sklearn"),
+                    protocol_version="v2",
+                    runtime=SKLEARN_RUNTIME,
+                    storage_uri=settings.storage_uri,
+                    resources=V1ResourceRequirements(requests=requests, limits=requests),
+                ),
+            )
+        ),
+    )
+
+
+def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:
+    """Serialize to the camelCase dict the Kubernetes API and ``kubectl`` use."""
+    from kserve import ApiClient
+
+    return dict(ApiClient().sanitize_for_serialization(isvc))
+
+
+def from_dict(data: dict[str, Any]) -> V1beta1InferenceService:
+    """Deserialize a camelCase dict (from the API or a state file) into the typed class.
+
+    KServe's own ``ApiClient.deserialize`` only looks up ``kserve.models``, but an
+    InferenceService nests Kubernetes types (``V1ObjectMeta``, ``V1ResourceRequirements``),
+    so this resolves class names in both model modules.
+    """
+    return _deserialize(data, "V1beta1InferenceService")
+
+
+_PRIMITIVES = {"str", "int", "float", "bool", "object", "date", "datetime"}
+
+
+def _deserialize(data: Any, type_name: str) -> Any:
+    import kserve.models
+    import kubernetes.client.models
+
+    if data is None or type_name in _PRIMITIVES:
+        return data
+    if type_name.startswith("list["):
+        return [_deserialize(item, type_name[5:-1]) for item in data]
+    if type_name.startswith("dict("):
+        value_type = type_name[5:-1].split(", ", 1)[1]
+        return {key: _deserialize(value, value_type) for key, value in data.items()}
+    cls = getattr(kserve.models, type_name, None) or getattr(
+        kubernetes.client.models, type_name, None
+    )
+    if cls is None:
+        # The SDK names Knative types it does not ship (the traffic target in the status):
+        # keep those as the plain dicts the API returned.
+        return data
+    kwargs = {
+        attr: _deserialize(data[key], cls.openapi_types[attr])
+        for attr, key in cls.attribute_map.items()
+        if key in data
+    }
+    return cls(**kwargs)

@@ -1,0 +1,213 @@
+"""The local stand-in for KServe's controller in Knative mode: revisions, traffic and status.
+
+``apply`` takes the InferenceService that ``deploy_model`` built and records it the way KServe
+would: a change to the predictor creates a new revision (``<name>-predictor-00002``), and
+``spec.predictor.canaryTrafficPercent`` splits traffic between that latest revision and the
+last rolled-out one (tag ``prev``). The first revision takes all traffic. A revision becomes
+*rolled out* when it gets 100%. The local model server (``mlops serve``) reads this state.
+
+State lives in ``<state dir>/serving/<name>.yaml``: the InferenceService with its status, and
+the revisions (what each one serves). Writers hold a file lock and replace the file atomically,
+so a reader never sees half a state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.inference_service import to_dict
+
+
+class NotDeployedError(LookupError):
+    """No InferenceService of that name has been deployed locally."""
+
+
+@dataclass(frozen=True)
+class TrafficTarget:
+    """One revision that receives traffic.
+
+    Attributes:
+        revision: Revision name, e.g. ``breast-cancer-predictor-00002``.
+        tag: ``latest`` or ``prev`` (as KServe tags them).
+        percent: Share of requests, 0..100.
+        storage_uri: The model version directory this revision serves.
+        model_version: The store version behind ``storage_uri``.
+    """
+
+    revision: str
+    tag: str
+    percent: int
+    storage_uri: str
+    model_version: str
+
+
+def state_path(name: str, state_dir: Path) -> Path:
+    """Where the local state of InferenceService ``name`` lives."""
+    return state_dir / "serving" / f"{name}.yaml"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def read_state(name: str, state_dir: Path) -> dict[str, Any]:
+    """The recorded state: ``{"inferenceService": {...}, "revisions": {...}}``.
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` was deployed under ``state_dir``.
+    """
+    path = state_path(name, state_dir)
+    if not path.exists():
+        raise NotDeployedError(
+            f"InferenceService {name!r} is not deployed locally (no {path}); run `mlops run` first"
+        )
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def _write_state(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(state, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def _template(isvc: dict[str, Any]) -> dict[str, Any]:
+    # Knative cuts a new revision when the pod template changes, not when only traffic does.
+    predictor = copy.deepcopy(isvc["spec"]["predictor"])
+    predictor.pop("canaryTrafficPercent", None)
+    return dict(predictor)
+
+
+def apply(isvc: Any, state_dir: Path) -> dict[str, Any]:
+    """Record a new desired InferenceService (typed or dict) and return it with its status."""
+    desired = isvc if isinstance(isvc, dict) else to_dict(isvc)
+    name = desired["metadata"]["name"]
+    path = state_path(name, state_dir)
+    with _locked(path):
+        state = yaml.safe_load(path.read_text()) if path.exists() else None
+        return _reconcile(copy.deepcopy(desired), state, path)
+
+
+def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[str, Any]:
+    """Change ``canaryTrafficPercent`` (``None`` removes it) and reconcile, as a replace would.
+
+    ``None`` is *promote* (latest takes all traffic), ``0`` is *rollback* (all traffic back to
+    the previously rolled-out revision).
+
+    Raises:
+        ValueError: When ``percent`` is outside 0..100.
+    """
+    if percent is not None and not 0 <= percent <= 100:
+        raise ValueError(f"canaryTrafficPercent must be within 0..100, got {percent}")
+    path = state_path(name, state_dir)
+    with _locked(path):
+        state = read_state(name, state_dir)
+        desired = copy.deepcopy(state["inferenceService"])
+        desired.pop("status", None)
+        predictor = desired["spec"]["predictor"]
+        if percent is None:
+            predictor.pop("canaryTrafficPercent", None)
+        else:
+            predictor["canaryTrafficPercent"] = percent
+        return _reconcile(desired, state, path)
+
+
+def _reconcile(desired: dict[str, Any], state: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    name = desired["metadata"]["name"]
+    previous = (state or {}).get("inferenceService", {})
+    revisions: dict[str, Any] = dict((state or {}).get("revisions", {}))
+    status = copy.deepcopy(previous.get("status", {}))
+    predictor_status = status.setdefault("components", {}).setdefault("predictor", {})
+
+    metadata = desired["metadata"]
+    metadata["creationTimestamp"] = previous.get("metadata", {}).get("creationTimestamp", _now())
+    metadata["generation"] = previous.get("metadata", {}).get("generation", 0) + 1
+
+    latest = predictor_status.get("latestCreatedRevision")
+    if latest is None or revisions[latest]["template"] != _template(desired):
+        latest = f"{name}-predictor-{len(revisions) + 1:05d}"
+        model = desired["spec"]["predictor"]["model"]
+        revisions[latest] = {
+            "storageUri": model["storageUri"],
+            "modelVersion": metadata.get("labels", {}).get("mlops.example.com/model-version", ""),
+            "createdAt": _now(),
+            "template": _template(desired),
+        }
+        predictor_status["latestCreatedRevision"] = latest
+        predictor_status["latestReadyRevision"] = latest
+
+    canary = desired["spec"]["predictor"].get("canaryTrafficPercent")
+    url = f"http://{name}.{metadata.get('namespace', 'default')}.example.com"
+    # As KServe's ksvc reconciler: the 'prev' target is the last rolled-out revision, or, when
+    # the latest is itself rolled out and a canary is set again (a rollback after a promote),
+    # the one rolled out before it.
+    prev = predictor_status.get("latestRolledoutRevision")
+    if prev == latest and canary is not None and canary < 100:
+        prev = predictor_status.get("previousRolledoutRevision")
+    if canary is not None and prev:
+        traffic = [_target(latest, "latest", canary, url, latest=True)]
+        if canary < 100:
+            traffic.append(_target(prev, "prev", 100 - canary, url, latest=False))
+    else:
+        traffic = [_target(latest, "latest", 100, url, latest=True)]
+    # A revision is rolled out once it takes all traffic.
+    rolled_out = predictor_status.get("latestRolledoutRevision")
+    if traffic[0]["percent"] == 100 and rolled_out != latest:
+        if rolled_out is not None:
+            predictor_status["previousRolledoutRevision"] = rolled_out
+        predictor_status["latestRolledoutRevision"] = latest
+    predictor_status["traffic"] = traffic
+    predictor_status["url"] = url
+    status.update(
+        url=url,
+        observedGeneration=metadata["generation"],
+        deploymentMode="Knative",
+        conditions=[{"type": "Ready", "status": "True", "lastTransitionTime": _now()}],
+    )
+    desired["status"] = status
+    _write_state({"inferenceService": desired, "revisions": revisions}, path)
+    return desired
+
+
+def _target(revision: str, tag: str, percent: int, url: str, *, latest: bool) -> dict[str, Any]:
+    host = url.removeprefix("http://")
+    return {
+        "tag": tag,
+        "revisionName": revision,
+        "latestRevision": latest,
+        "percent": percent,
+        "url": f"http://{tag}-{host}",
+    }
+
+
+def traffic_targets(state: dict[str, Any]) -> list[TrafficTarget]:
+    """The revisions that receive traffic, with what they serve, in the order of the status."""
+    revisions = state["revisions"]
+    predictor = state["inferenceService"]["status"]["components"]["predictor"]
+    return [
+        TrafficTarget(
+            revision=t["revisionName"],
+            tag=t["tag"],
+            percent=int(t["percent"]),
+            storage_uri=revisions[t["revisionName"]]["storageUri"],
+            model_version=str(revisions[t["revisionName"]]["modelVersion"]),
+        )
+        for t in predictor.get("traffic", [])
+    ]
