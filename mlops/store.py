@@ -298,3 +298,17 @@ class S3Store:
                 f"cannot read s3://{self.bucket}/{key}: {err.code} ({err.message})"
             ) from err
         return dest
+
+    def stat_object(self, key: str) -> None:
+        """Check that an object exists.
+
+        Raises:
+            StoreError: When it does not, or cannot be read.
+        """
+        from minio.error import S3Error
+
+        try:
+            self._client.stat_object(self.bucket, key)
+        except S3Error as err:
+            where = f"s3://{self.bucket}/{key}"
+            raise StoreError(f"cannot read {where}: {err.code} ({err.message})") from err

@@ -66,7 +66,7 @@ def build_classifier(estimator: str, hyperparameters: dict[str, Any], seed: int)
 
 
 def add_label_noise(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Replace a ``fraction`` of labels with random classes: a deliberately degraded model.
+    """Change a ``fraction`` of labels to another class: a deliberately degraded model.
 
     Raises:
         ValueError: When ``fraction`` is not within [0, 1].
@@ -74,9 +74,12 @@ def add_label_noise(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     if not 0 <= fraction <= 1:
         raise ValueError(f"label_noise must be within [0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
-    noisy = labels.copy()
+    classes, index = np.unique(labels, return_inverse=True)
     chosen = rng.random(len(labels)) < fraction
-    noisy[chosen] = rng.choice(np.unique(labels), size=int(chosen.sum()))
+    # A non-zero offset modulo the class count always lands on a different class.
+    offsets = rng.integers(1, len(classes), size=int(chosen.sum()))
+    noisy = labels.copy()
+    noisy[chosen] = classes[(index[chosen] + offsets) % len(classes)]
     return noisy
 
 

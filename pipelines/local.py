@@ -84,6 +84,24 @@ def _captured_steps(log_file: Path, verbose: bool) -> Iterator[_Tee]:
         yield tee  # type: ignore[misc]
 
 
+def preflight(arguments: dict[str, Any]) -> None:
+    """Check what can be checked before any step runs: the data source and the store.
+
+    A missing file or an unreachable store is a user mistake, not a transient fault: failing
+    here takes a second, where the retries of the I/O steps would take half a minute.
+
+    Raises:
+        FileNotFoundError: When a local source does not exist.
+        ValueError: When the source format is unsupported.
+        StoreError: When an S3 store or source cannot be reached or refuses the credentials.
+    """
+    from mlops.data import check_source
+    from mlops.store import open_store
+
+    check_source(str(arguments.get("source", "sklearn:breast_cancer")))
+    open_store(str(arguments["store_uri"]))
+
+
 def code_version() -> str:
     """The git commit of the working tree, or the package version outside a checkout."""
     import mlops
@@ -117,6 +135,7 @@ def run_locally(
     from pipelines.training import training_pipeline
 
     arguments = local_arguments(arguments, state_dir)
+    preflight(arguments)
     os.environ.setdefault("MLOPS_CODE_VERSION", code_version())
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

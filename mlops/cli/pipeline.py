@@ -93,12 +93,9 @@ def pipeline_options(func: Any) -> Any:
 @click.option("-v", "--verbose", is_flag=True, help="Show every step's output.")
 def run(verbose: bool, **arguments: Any) -> None:
     """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService."""
-    from pipelines.local import PipelineRunError, run_locally
+    from pipelines.local import run_locally
 
-    try:
-        summary = run_locally(arguments, state_dir(), verbose=verbose)
-    except PipelineRunError as err:
-        raise click.ClickException(str(err)) from err
+    summary = run_locally(arguments, state_dir(), verbose=verbose)
     click.echo("")
     for key, value in sorted(summary.metrics.items()):
         click.echo(f"  {key:<20} {value:.4f}")
@@ -185,7 +182,7 @@ def submit(
     state = str(finished.state)
     click.echo(f"run {run.run_id} finished: {state}")
     if state != "SUCCEEDED":
-        raise click.ClickException(f"run {run.run_id} ended {state}; see {url}")
+        raise RuntimeError(f"run {run.run_id} ended {state}; see {url}")
 
 
 COMMANDS = [run, compile_pipeline, submit]

@@ -1,0 +1,47 @@
+"""The committed IR YAML is what the code compiles to, and it says what the design says."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.compile import COMPILED, compile_to
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = compile_to(tmp_path_factory.mktemp("ir") / "pipeline.yaml")
+    return {"text": path.read_text(), "spec": yaml.safe_load(path.read_text())}
+
+
+def test_committed_yaml_is_not_stale(fresh: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert COMPILED.read_text() == fresh["text"], "stale: run `mlops compile` and commit the YAML"
+
+
+def test_deploy_steps_are_gated_on_the_evaluation(fresh: dict) -> None:
+    tasks = fresh["spec"]["root"]["dag"]["tasks"]
+    gate = tasks["condition-1"]
+    assert "pipelinechannel--evaluate-Output" in gate["triggerPolicy"]["condition"]
+    inner = fresh["spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"upload-model", "deploy-model"}
+
+
+def test_outside_world_steps_are_not_cached_and_io_steps_retry(fresh: dict) -> None:
+    tasks = fresh["spec"]["root"]["dag"]["tasks"]
+    inner = fresh["spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
+    for task in (tasks["load-data"], tasks["evaluate"], inner["upload-model"],
+                 inner["deploy-model"]):
+        assert task["cachingOptions"].get("enableCache") is not True
+    assert tasks["train"]["cachingOptions"]["enableCache"] is True
+    for task in (tasks["load-data"], inner["upload-model"], inner["deploy-model"]):
+        assert task["retryPolicy"]["maxRetryCount"] == 2
+
+
+def test_every_step_runs_the_project_image_without_installing(fresh: dict) -> None:
+    executors = fresh["spec"]["deploymentSpec"]["executors"].values()
+    assert {e["container"]["image"] for e in executors} == {"localhost/kfp-kserve-sklearn:0.1.0"}
+    assert "pip install" not in fresh["text"]
+
+
+def test_compiled_path_is_under_pipelines() -> None:
+    assert COMPILED == Path(__file__).parents[2] / "pipelines/compiled/training_pipeline.yaml"

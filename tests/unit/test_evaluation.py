@@ -1,0 +1,43 @@
+import pandas as pd
+import pytest
+
+from mlops.evaluation import classification_curves, decide_deployment, score_classifier
+
+GOOD = {"accuracy": 0.97, "f1": 0.96, "roc_auc": 0.99}
+
+
+def test_no_champion_deploys_when_the_floor_is_cleared() -> None:
+    decision = decide_deployment(GOOD, None, min_accuracy=0.9, max_degradation=0.02)
+    assert decision.deploy and "no champion" in decision.reason
+
+
+def test_below_the_floor_is_gated_even_without_champion() -> None:
+    weak = {**GOOD, "accuracy": 0.6}
+    decision = decide_deployment(weak, None, min_accuracy=0.9, max_degradation=0.02)
+    assert not decision.deploy
+    assert decision.reason == "accuracy 0.6000 is below min_accuracy 0.9000"
+
+
+def test_worse_than_champion_beyond_tolerance_is_gated() -> None:
+    champion = {**GOOD, "f1": 0.99}
+    decision = decide_deployment(GOOD, champion, min_accuracy=0.9, max_degradation=0.02)
+    assert not decision.deploy and "0.0300 below the champion's" in decision.reason
+
+
+def test_within_tolerance_of_champion_deploys() -> None:
+    champion = {**GOOD, "f1": 0.97}
+    assert decide_deployment(GOOD, champion, min_accuracy=0.9, max_degradation=0.02).deploy
+
+
+def test_scores_and_curves_on_holdout(tiny_model, breast_cancer: pd.DataFrame) -> None:
+    model, _ = tiny_model
+    features = breast_cancer.drop(columns=["target"]).to_numpy(dtype=float)
+    labels = breast_cancer["target"].to_numpy()
+    scores = score_classifier(model, features, labels)
+    assert scores["accuracy"] > 0.95 and 0.9 < scores["roc_auc"] <= 1.0
+    classes, matrix, roc = classification_curves(model, features, labels)
+    assert classes == ["0", "1"]
+    assert sum(map(sum, matrix)) == len(labels)
+    assert matrix[0][0] + matrix[1][1] == pytest.approx(scores["accuracy"] * len(labels))
+    fpr, tpr, thresholds = roc
+    assert fpr[0] == 0 and tpr[-1] == 1 and thresholds[0] == 1.0
