@@ -86,5 +86,5 @@ def evaluate(
         tags={"deploy": str(decision.deploy), "reason": decision.reason},
     )
     print(f"decision: deploy={decision.deploy} ({decision.reason})")
-    outputs = namedtuple("Outputs", ["Output", "reason", "mlflow_run_id"])
-    return outputs(decision.deploy, decision.reason, run_id)
+    Outputs = namedtuple("Outputs", ["Output", "reason", "mlflow_run_id"])  # noqa: N806
+    return Outputs(decision.deploy, decision.reason, run_id)

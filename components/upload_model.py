@@ -56,4 +56,5 @@ def upload_model(
     version, storage_uri = publish_model(store_uri, model_name, Path(model.path), metadata)
     registry.register_version(tracking_uri, model_name, mlflow_run_id, version, storage_uri)
     print(f"uploaded {model_name} version {version} to {storage_uri}")
-    return namedtuple("Outputs", ["version", "storage_uri"])(version, storage_uri)
+    Outputs = namedtuple("Outputs", ["version", "storage_uri"])  # noqa: N806 (KFP's idiom)
+    return Outputs(version, storage_uri)

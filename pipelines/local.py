@@ -81,7 +81,7 @@ def _captured_steps(log_file: Path, verbose: bool) -> Iterator[_Tee]:
         open(log_file, "w") as log,
         contextlib.redirect_stdout(_Tee(log, sys.stdout if verbose else None)) as tee,
     ):
-        yield tee  # type: ignore[misc]
+        yield tee
 
 
 def preflight(arguments: dict[str, Any]) -> None:

@@ -95,8 +95,8 @@ def training_pipeline(
             .set_caching_options(False)
             .set_retry(**_IO_RETRIES)
         )
-    outputs = NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str)  # noqa: UP014
-    return outputs(
+    Outputs = NamedTuple("Outputs", [("deploy", bool), ("reason", str), ("mlflow_run_id", str)])  # noqa: N806, UP014, E501
+    return Outputs(
         deploy=evaluated.outputs["Output"],
         reason=evaluated.outputs["reason"],
         mlflow_run_id=evaluated.outputs["mlflow_run_id"],

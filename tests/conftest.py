@@ -9,6 +9,9 @@ import pytest
 
 from mlops.data import load_table
 
+# The S3-compatible test server (moto) as a fixture for any test that needs the S3 path.
+pytest_plugins = ["tests.integration.s3_server"]
+
 
 @pytest.fixture(scope="session")
 def breast_cancer() -> pd.DataFrame:

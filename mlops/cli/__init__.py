@@ -34,9 +34,9 @@ for _command in (*pipeline.COMMANDS, *deployments.COMMANDS):
     main.add_command(_command)
 
 try:  # the local model server's commands (serve, predict, drift), when present
-    from mlops.cli import serving as _serving
+    import importlib
 
-    for _command in _serving.COMMANDS:
+    for _command in importlib.import_module("mlops.cli.serving").COMMANDS:
         main.add_command(_command)
 except ImportError:
     pass

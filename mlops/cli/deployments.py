@@ -61,8 +61,8 @@ def isvc_row(isvc: dict[str, Any]) -> tuple[str, ...]:
     status = isvc.get("status", {})
     predictor = status.get("components", {}).get("predictor", {})
     traffic = predictor.get("traffic", [])
-    prev = next((t for t in traffic if t.get("tag") == "prev"), {})
-    latest = next((t for t in traffic if t.get("latestRevision")), {})
+    prev: dict[str, Any] = next((t for t in traffic if t.get("tag") == "prev"), {})
+    latest: dict[str, Any] = next((t for t in traffic if t.get("latestRevision")), {})
     ready = next((c["status"] for c in status.get("conditions", []) if c["type"] == "Ready"), "")
     return (
         isvc["metadata"]["name"],

@@ -12,7 +12,7 @@ import pytest
 
 from mlops.store import StoreError, fetch_version, open_store, sha256_file
 from pipelines.local import run_locally
-from tests.integration.s3_server import S3Server, s3_server  # noqa: F401 (fixture)
+from tests.integration.s3_server import S3Server
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ def test_missing_label_column_is_named(breast_cancer: pd.DataFrame) -> None:
 
 def test_expected_columns_report_missing_and_unexpected(breast_cancer: pd.DataFrame) -> None:
     expected = [*breast_cancer.columns.drop(["target", "mean radius"]), "age"]
-    with pytest.raises(DataValidationError, match=r"missing \['age'\], unexpected \['mean radius'\]"):
+    message = r"missing \['age'\], unexpected \['mean radius'\]"
+    with pytest.raises(DataValidationError, match=message):
         validate_table(breast_cancer, "target", 1, expected)
 
 
