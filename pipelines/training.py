@@ -1,6 +1,6 @@
 """The training pipeline: load, validate, train, evaluate, then (gate passed) upload and deploy."""
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kfp import dsl
 
@@ -11,7 +11,31 @@ PIPELINE_NAME = "train-gate-deploy-sklearn"
 # The store, MLflow and target defaults are the cluster's; `mlops run` passes local ones.
 CLUSTER_STORE_URI = "s3://models"
 CLUSTER_TRACKING_URI = "http://mlflow.kubeflow-user.svc.cluster.local:5000"
+# The Secret in KFP's namespace (`kubeflow`) whose keys become every step's environment in the
+# cluster: the model store's endpoint and keys (mlops.settings.S3Settings). manifests/ creates it.
+CLUSTER_S3_SECRET = "mlops-s3"
+S3_SECRET_KEYS = ("MLOPS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 _IO_RETRIES = {"num_retries": 2, "backoff_duration": "10s"}
+
+
+def _s3_secret_as_env(task: Any, secret_name: Any) -> Any:
+    """Set the keys of Secret ``secret_name`` as the task's env vars (KFP backend only).
+
+    Written as the Kubernetes platform config (``SecretAsEnv`` in kubeflow/pipelines
+    ``kubernetes_platform/proto/kubernetes_executor_config.proto``, read by the 2.17 driver),
+    because the ``kfp-kubernetes`` releases on PyPI need kfp >= 2.17.3. ``optional``: without the
+    Secret a step fails with S3Settings' own message instead of hanging in pod creation.
+    ``kfp.local`` ignores platform config: a local run reads the caller's environment.
+    """
+    task.register_pipeline_channels([secret_name])
+    secret_as_env = {
+        "secretNameParameter": {"componentInputParameter": secret_name.full_name},
+        "keyToEnv": [{"secretKey": key, "envVar": key} for key in S3_SECRET_KEYS],
+        "optional": True,
+    }
+    kubernetes = task.platform_config.setdefault("kubernetes", {})
+    kubernetes.setdefault("secretAsEnv", []).append(secret_as_env)
+    return task
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description=__doc__)
@@ -35,9 +59,11 @@ def training_pipeline(
     service_account: str = "",
     canary_traffic_percent: int = 10,
     state_dir: str = "",
+    s3_credentials_secret: str = CLUSTER_S3_SECRET,
 ) -> NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str):  # type: ignore[valid-type]  # noqa: UP014, E501
     """Train a classifier and ship it only when it is at least as good as production."""
     loaded = load_data(source=source).set_caching_options(False).set_retry(**_IO_RETRIES)
+    _s3_secret_as_env(loaded, s3_credentials_secret)
     validated = validate_data(
         dataset=loaded.outputs["dataset"],
         label_column=label_column,
@@ -65,6 +91,7 @@ def training_pipeline(
         data_source=source,
         data_fingerprint=validated.outputs["Output"],
     ).set_caching_options(False)
+    _s3_secret_as_env(evaluated, s3_credentials_secret)
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
         uploaded = (
             upload_model(
@@ -80,7 +107,8 @@ def training_pipeline(
             .set_caching_options(False)
             .set_retry(**_IO_RETRIES)
         )
-        (
+        _s3_secret_as_env(uploaded, s3_credentials_secret)
+        deployed = (
             deploy_model(
                 storage_uri=uploaded.outputs["storage_uri"],
                 model_version=uploaded.outputs["version"],
@@ -95,6 +123,7 @@ def training_pipeline(
             .set_caching_options(False)
             .set_retry(**_IO_RETRIES)
         )
+        _s3_secret_as_env(deployed, s3_credentials_secret)
     Outputs = NamedTuple("Outputs", [("deploy", bool), ("reason", str), ("mlflow_run_id", str)])  # noqa: N806, UP014, E501
     return Outputs(
         deploy=evaluated.outputs["Output"],
