@@ -11,7 +11,10 @@ from pipelines.compile import COMPILED, compile_to
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = compile_to(tmp_path_factory.mktemp("ir") / "pipeline.yaml")
-    return {"text": path.read_text(), "spec": yaml.safe_load(path.read_text())}
+    # The IR is two YAML documents once a step has Kubernetes platform config (the S3 Secret):
+    # the pipeline spec, then the platform spec.
+    documents = list(yaml.safe_load_all(path.read_text()))
+    return {"text": path.read_text(), "spec": documents[0], "platform": documents[1:]}
 
 
 def test_committed_yaml_is_not_stale(fresh: dict, monkeypatch: pytest.MonkeyPatch) -> None:
