@@ -17,6 +17,8 @@ _STORAGE_URI_TAG = "storage_uri"
 
 
 def _client(tracking_uri: str) -> Any:
+    # Note: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to this process's
+    # environment; one process works against one tracking store.
     import mlflow
     from mlflow import MlflowClient
 
@@ -37,7 +39,9 @@ def log_training_run(
     import mlflow
     import sklearn
 
-    _client(tracking_uri)
+    client = _client(tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri))
     mlflow.set_experiment(experiment)
     with mlflow.start_run(tags=tags) as run:
         mlflow.log_params({k: str(v) for k, v in params.items()})
@@ -49,6 +53,16 @@ def log_training_run(
             pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
         )
         return str(run.info.run_id)
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Beside a local SQLite store, not MLflow's default ``./mlruns`` in the working directory.
+
+    A tracking server (the cluster's) decides its own artifact root, so ``None`` there.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
 
 
 def register_version(
