@@ -129,7 +129,13 @@ def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[
         return _reconcile(desired, state, path)
 
 
-def _reconcile(desired: dict[str, Any], state: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+def _reconcile(
+    desired: dict[str, Any],
+    state: dict[str, Any] | None,
+    path: Path,
+    *,
+    spec_changed: bool = True,
+) -> dict[str, Any]:
     name = desired["metadata"]["name"]
     previous = (state or {}).get("inferenceService", {})
     revisions: dict[str, Any] = dict((state or {}).get("revisions", {}))
@@ -138,7 +144,7 @@ def _reconcile(desired: dict[str, Any], state: dict[str, Any] | None, path: Path
 
     metadata = desired["metadata"]
     metadata["creationTimestamp"] = previous.get("metadata", {}).get("creationTimestamp", _now())
-    metadata["generation"] = previous.get("metadata", {}).get("generation", 0) + 1
+    metadata["generation"] = previous.get("metadata", {}).get("generation", 0) + int(spec_changed)
 
     latest = predictor_status.get("latestCreatedRevision")
     if latest is None or revisions[latest]["template"] != _template(desired):
@@ -154,7 +160,9 @@ def _reconcile(desired: dict[str, Any], state: dict[str, Any] | None, path: Path
         predictor_status["latestReadyRevision"] = latest
 
     canary = desired["spec"]["predictor"].get("canaryTrafficPercent")
-    url = f"http://{name}.{metadata.get('namespace', 'default')}.example.com"
+    server = (state or {}).get("server")
+    namespace = metadata.get("namespace", "default")
+    url = server["url"] if server else f"http://{name}.{namespace}.example.com"
     # As KServe's ksvc reconciler: the 'prev' target is the last rolled-out revision, or, when
     # the latest is itself rolled out and a canary is set again (a rollback after a promote),
     # the one rolled out before it.
@@ -162,39 +170,138 @@ def _reconcile(desired: dict[str, Any], state: dict[str, Any] | None, path: Path
     if prev == latest and canary is not None and canary < 100:
         prev = predictor_status.get("previousRolledoutRevision")
     if canary is not None and prev:
-        traffic = [_target(latest, "latest", canary, url, latest=True)]
+        traffic = [_target(latest, "latest", canary, latest=True)]
         if canary < 100:
-            traffic.append(_target(prev, "prev", 100 - canary, url, latest=False))
+            traffic.append(_target(prev, "prev", 100 - canary, latest=False))
     else:
-        traffic = [_target(latest, "latest", 100, url, latest=True)]
+        traffic = [_target(latest, "latest", 100, latest=True)]
+    failed = {rev: info["failed"] for rev, info in revisions.items() if info.get("failed")}
+    traffic = _route_around_failed(traffic, failed, predictor_status)
     # A revision is rolled out once it takes all traffic.
     rolled_out = predictor_status.get("latestRolledoutRevision")
-    if traffic[0]["percent"] == 100 and rolled_out != latest:
-        if rolled_out is not None:
-            predictor_status["previousRolledoutRevision"] = rolled_out
-        predictor_status["latestRolledoutRevision"] = latest
+    if traffic and traffic[0]["latestRevision"] and traffic[0]["percent"] == 100:
+        if rolled_out != latest:
+            if rolled_out is not None:
+                predictor_status["previousRolledoutRevision"] = rolled_out
+            predictor_status["latestRolledoutRevision"] = latest
+    ready: dict[str, Any] = {"type": "Ready", "status": "True", "lastTransitionTime": _now()}
+    if latest in failed:
+        # As Knative: a revision that never became ready takes no traffic, the last ready one
+        # keeps serving, and the InferenceService is not Ready until a new revision is.
+        serving_now = next((t["revisionName"] for t in traffic if t["percent"]), None)
+        if serving_now:
+            predictor_status["latestReadyRevision"] = serving_now
+        else:
+            predictor_status.pop("latestReadyRevision", None)
+        ready.update(
+            status="False",
+            reason="RevisionFailed",
+            message=f"Revision {latest!r} failed to load: {failed[latest]['reason']}",
+        )
     predictor_status["traffic"] = traffic
-    predictor_status["url"] = url
     status.update(
-        url=url,
         observedGeneration=metadata["generation"],
         deploymentMode="Knative",
-        conditions=[{"type": "Ready", "status": "True", "lastTransitionTime": _now()}],
+        conditions=[ready],
     )
+    _set_urls(status, name, url, local=bool(server))
     desired["status"] = status
-    _write_state({"inferenceService": desired, "revisions": revisions}, path)
+    new_state: dict[str, Any] = {"inferenceService": desired, "revisions": revisions}
+    if server:
+        new_state["server"] = server
+    _write_state(new_state, path)
     return desired
 
 
-def _target(revision: str, tag: str, percent: int, url: str, *, latest: bool) -> dict[str, Any]:
-    host = url.removeprefix("http://")
-    return {
-        "tag": tag,
-        "revisionName": revision,
-        "latestRevision": latest,
-        "percent": percent,
-        "url": f"http://{tag}-{host}",
-    }
+def _target(revision: str, tag: str, percent: int, *, latest: bool) -> dict[str, Any]:
+    return {"tag": tag, "revisionName": revision, "latestRevision": latest, "percent": percent}
+
+
+def _route_around_failed(
+    traffic: list[dict[str, Any]], failed: dict[str, Any], predictor_status: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Drop revisions that failed to load; their share goes to the ones that still serve."""
+    live = [t for t in traffic if t["revisionName"] not in failed]
+    if len(live) == len(traffic):
+        return traffic
+    if not live:
+        rolled_out = (
+            predictor_status.get("latestRolledoutRevision"),
+            predictor_status.get("previousRolledoutRevision"),
+        )
+        fallback = next((r for r in rolled_out if r and r not in failed), None)
+        return [_target(fallback, "prev", 100, latest=False)] if fallback else []
+    total = sum(t["percent"] for t in live)
+    for target in live:
+        target["percent"] = round(100 * target["percent"] / total) if total else 0
+    if not total:
+        live[0]["percent"] = 100
+    live[0]["percent"] += 100 - sum(t["percent"] for t in live)
+    return live
+
+
+def _set_urls(status: dict[str, Any], name: str, url: str, *, local: bool) -> None:
+    """Set the status URLs: the cluster-style host names, or the local server's paths.
+
+    KServe's tag routing gives each tagged revision a ``<tag>-`` host name; the local server
+    reaches one revision under ``/v2/models/<name>/versions/<tag>`` instead.
+    """
+    predictor = status.setdefault("components", {}).setdefault("predictor", {})
+    status["url"] = url
+    predictor["url"] = url
+    for target in predictor.get("traffic", []):
+        tag = target["tag"]
+        if local:
+            target["url"] = f"{url}/v2/models/{name}/versions/{tag}"
+        else:
+            target["url"] = f"http://{tag}-{url.removeprefix('http://')}"
+
+
+def mark_revision_failed(name: str, revision: str, reason: str, state_dir: Path) -> dict[str, Any]:
+    """Record that ``revision`` could not be loaded, and route traffic around it.
+
+    The model server calls this when a revision's model fails to load (a missing file, a
+    sha256 mismatch). Like a Knative revision that never becomes ready, it then takes no
+    traffic; the state says why in ``revisions.<name>.failed`` and in the Ready condition.
+
+    Args:
+        name: The InferenceService name.
+        revision: The revision that failed.
+        reason: Why, in one line.
+        state_dir: The local state directory.
+
+    Returns:
+        The InferenceService with its new status.
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` is deployed.
+        KeyError: When ``revision`` is not one of its revisions.
+    """
+    path = state_path(name, state_dir)
+    with _locked(path):
+        state = read_state(name, state_dir)
+        if revision not in state["revisions"]:
+            raise KeyError(f"InferenceService {name!r} has no revision {revision!r}")
+        state["revisions"][revision]["failed"] = {"reason": reason, "at": _now()}
+        desired = copy.deepcopy(state["inferenceService"])
+        desired.pop("status", None)
+        # A status change, not a spec change: the generation stays, as in the cluster.
+        return _reconcile(desired, state, path, spec_changed=False)
+
+
+def record_server(name: str, url: str, state_dir: Path) -> dict[str, Any]:
+    """Record the local server's address, so the status URLs (and `mlops get`) point at it.
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` is deployed.
+    """
+    path = state_path(name, state_dir)
+    with _locked(path):
+        state = read_state(name, state_dir)
+        state["server"] = {"url": url}
+        _set_urls(state["inferenceService"].setdefault("status", {}), name, url, local=True)
+        _write_state(state, path)
+        return dict(state["inferenceService"])
 
 
 def traffic_targets(state: dict[str, Any]) -> list[TrafficTarget]:

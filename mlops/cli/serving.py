@@ -1,0 +1,131 @@
+"""``mlops serve``, ``mlops predict`` and ``mlops drift``: the local model server, its clients."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mlops.settings import DEFAULT_MODEL_NAME, state_dir
+
+_DEFAULT_URL = "http://127.0.0.1:8080"
+_URL = click.option(
+    "--url",
+    default=None,
+    help="Model server base URL [default: MLOPS_SERVING_URL, else the URL `mlops serve` "
+    f"recorded in the state, else {_DEFAULT_URL}].",
+)
+_NAME = click.option(
+    "--name", default=DEFAULT_MODEL_NAME, show_default=True, help="InferenceService / model name."
+)
+
+
+def _server_url(url: str | None, name: str) -> str:
+    if url:
+        return url
+    if os.environ.get("MLOPS_SERVING_URL"):
+        return os.environ["MLOPS_SERVING_URL"]
+    from serving import local_controller
+
+    try:
+        state = local_controller.read_state(name, state_dir())
+    except local_controller.NotDeployedError:
+        return _DEFAULT_URL
+    return str(state.get("server", {}).get("url", _DEFAULT_URL))
+
+
+@click.command()
+@_NAME
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=int, help="HTTP port.")
+@click.option(
+    "--poll-interval",
+    default=0.5,
+    show_default=True,
+    type=float,
+    help="Seconds between checks of the state file (deploys, promotes, rollbacks).",
+)
+@click.option(
+    "--max-body-bytes",
+    default=8 * 1024 * 1024,
+    show_default=True,
+    type=int,
+    help="Larger request bodies get 413.",
+)
+def serve(name: str, host: str, port: int, poll_interval: float, max_body_bytes: int) -> None:
+    """Serve the local InferenceService NAME (v1, v2, /metrics) until interrupted.
+
+    Reads the state `mlops run` deployed and follows `mlops promote` / `mlops rollback`
+    without a restart. One JSON line per request goes to stdout; server logs go to stderr.
+    Stop it with Ctrl-C (or `kill <pid>` when started in the background).
+    """
+    # KServe's model_server parses sys.argv when first imported: keep mlops's options from it.
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        from serving.server import ServerSettings, run_server
+    finally:
+        sys.argv = argv
+
+    settings = ServerSettings(
+        name=name,
+        state_dir=state_dir(),
+        host=host,
+        port=port,
+        poll_interval_s=poll_interval,
+        max_body_bytes=max_body_bytes,
+    )
+    click.echo(f"serving {name} at {settings.url} (Ctrl-C to stop)", err=True)
+    run_server(settings)
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@_NAME
+@_URL
+@click.option("--proba", is_flag=True, help="Print class probabilities instead of labels.")
+@click.option(
+    "--version", "version", default=None, help="Ask one revision: a store version, latest or prev."
+)
+@click.option(
+    "--label-column", default="target", show_default=True, help="Column dropped from the rows."
+)
+def predict(
+    file: Path, name: str, url: str | None, proba: bool, version: str | None, label_column: str
+) -> None:
+    """Send the rows of FILE (CSV with a header, or JSON) as one v2 request; print the answer."""
+    from serving.client import V2Client, read_rows
+
+    rows = read_rows(file, label_column)
+    with V2Client(_server_url(url, name), name) as client:
+        answer = client.infer(rows, probabilities=proba, version=version)
+    click.echo(
+        f"model {answer.model_name} version {answer.model_version} answered "
+        f"{len(answer.outputs)} rows (request {answer.request_id})"
+    )
+    for index, output in enumerate(answer.outputs):
+        shown = ", ".join(f"{p:.4f}" for p in output) if isinstance(output, list) else output
+        click.echo(f"{index}\t{shown}")
+
+
+@click.command()
+@_NAME
+@_URL
+@click.option("--top", default=10, show_default=True, type=int, help="Features shown per revision.")
+def drift(name: str, url: str | None, top: int) -> None:
+    """Print the PSI of served inputs vs the training data, per revision and feature.
+
+    PSI below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a significant one. Read
+    from the running server's /metrics (statistics since it started).
+    """
+    from serving.client import V2Client, format_drift, parse_drift
+
+    with V2Client(_server_url(url, name), name) as client:
+        report = parse_drift(client.metrics(), name)
+    if not report:
+        raise click.ClickException(f"the server reports no drift statistics for model {name!r}")
+    click.echo(format_drift(report, top))
+
+
+COMMANDS = [serve, predict, drift]

@@ -1,0 +1,227 @@
+"""Turn a v1 or v2 request into the feature matrix a model takes, or say exactly what is wrong.
+
+Every check raises KServe's ``InvalidInput``, which its server answers with HTTP 400 and
+``{"error": <message>}``; the message names the tensor, the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+# v2 datatypes a numeric feature can arrive in (BOOL, BYTES and FP16 carry no valid features:
+# FP16 over JSON is refused by KServe itself).
+NUMERIC_DATATYPES = (
+    "FP32",
+    "FP64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+)
+# The request parameter that asks for class probabilities instead of labels. sklearnserver reads
+# the PREDICT_PROBA environment variable for the whole server; here a request can ask for itself
+# and the variable stays the default.
+PROBA_PARAMETER = "predict_proba"
+PROBA_ENV = "PREDICT_PROBA"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def wants_probabilities(payload: dict[str, Any] | InferRequest) -> bool:
+    """Whether the request asks for ``predict_proba`` (``parameters.predict_proba: true``).
+
+    Args:
+        payload: A v1 body (dict) or a v2 ``InferRequest``.
+
+    Returns:
+        The request's ``predict_proba`` parameter, else the ``PREDICT_PROBA`` environment variable.
+
+    Raises:
+        InvalidInput: When the parameter is neither a boolean nor "true"/"false".
+    """
+    parameters = (
+        payload.get("parameters") if isinstance(payload, dict) else payload.parameters
+    ) or {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be an object, e.g. {\"predict_proba\": true}")
+    value = parameters.get(PROBA_PARAMETER)
+    if value is None:
+        return os.environ.get(PROBA_ENV, "false").lower() in _TRUE
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in (*_TRUE, "0", "false", "no", "off"):
+        return value.lower() in _TRUE
+    raise InvalidInput(f"parameter {PROBA_PARAMETER!r} must be true or false, got {value!r}")
+
+
+def request_matrix(payload: dict[str, Any] | InferRequest, feature_names: list[str]) -> np.ndarray:
+    """The ``[rows, features]`` float matrix of a request, checked against the model's features.
+
+    Args:
+        payload: A v1 body (``{"instances": [[...], ...]}``) or a v2 ``InferRequest`` with one
+            tensor of shape ``[rows, features]`` (or, with ``parameters.content_type: "pd"``,
+            one tensor per feature named as the feature).
+        feature_names: The model's features, in the order it was trained on.
+
+    Returns:
+        A C-contiguous float64 array with one row per instance.
+
+    Raises:
+        InvalidInput: On a missing or empty input, a wrong datatype, shape or feature count,
+            data that does not fill the shape, or a NaN or infinite value.
+    """
+    if isinstance(payload, InferRequest):
+        if _content_type(payload) == "pd":
+            matrix = _columns_matrix(payload.inputs, feature_names)
+        else:
+            matrix = _tensor_matrix(payload.inputs, feature_names)
+    elif isinstance(payload, dict):
+        matrix = _instances_matrix(payload, feature_names)
+    else:
+        raise InvalidInput(
+            "the request body is not JSON: send it with content-type application/json"
+        )
+    _check_finite(matrix, feature_names)
+    return matrix
+
+
+def _content_type(request: InferRequest) -> str:
+    parameters = request.parameters or {}
+    value = parameters.get("content_type") if isinstance(parameters, dict) else None
+    return str(value) if value is not None else ""
+
+
+def _tensor_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.ndarray:
+    n_features = len(feature_names)
+    expected = f"one tensor of shape [rows, {n_features}]"
+    if not inputs:
+        raise InvalidInput(f"'inputs' is empty: send {expected}, e.g. named 'input-0'")
+    if len(inputs) > 1:
+        names = ", ".join(repr(i.name) for i in inputs)
+        raise InvalidInput(
+            f"got {len(inputs)} input tensors ({names}): this model takes {expected} "
+            "(or one tensor per feature with parameters.content_type 'pd')"
+        )
+    tensor = inputs[0]
+    _check_datatype(tensor)
+    shape = list(tensor.shape)
+    if len(shape) != 2 or any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInput(
+            f"input {tensor.name!r} has shape {shape}: expected [rows, {n_features}] "
+            "with non-negative sizes"
+        )
+    if shape[1] != n_features:
+        raise InvalidInput(
+            f"input {tensor.name!r} has {shape[1]} features per row (shape {shape}): the model "
+            f"expects {n_features} ({_feature_list(feature_names)})"
+        )
+    if shape[0] == 0:
+        raise InvalidInput(f"input {tensor.name!r} has no rows (shape {shape})")
+    return _as_float_matrix(tensor, shape)
+
+
+def _columns_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.ndarray:
+    by_name = {i.name: i for i in inputs}
+    missing = [f for f in feature_names if f not in by_name]
+    unknown = [n for n in by_name if n not in feature_names]
+    if missing or unknown:
+        raise InvalidInput(
+            f"content_type 'pd' needs one input per feature: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unknown {unknown[:5]}"
+        )
+    columns = []
+    for name in feature_names:
+        tensor = by_name[name]
+        _check_datatype(tensor)
+        shape = list(tensor.shape)
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1:
+            raise InvalidInput(f"input {name!r} has shape {shape}: expected [rows] or [rows, 1]")
+        columns.append(_as_float_matrix(tensor, shape).reshape(-1))
+    rows = {len(c) for c in columns}
+    if len(rows) > 1:
+        raise InvalidInput(f"feature inputs have different row counts {sorted(rows)}")
+    return np.ascontiguousarray(np.column_stack(columns), dtype=np.float64)
+
+
+def _instances_matrix(payload: dict[str, Any], feature_names: list[str]) -> np.ndarray:
+    n_features = len(feature_names)
+    key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
+    if key is None:
+        raise InvalidInput(
+            f"v1 request has no 'instances': send {{\"instances\": [[{n_features} numbers], ...]}}"
+        )
+    instances = payload[key]
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput(f"'{key}' must be a non-empty list of rows of {n_features} numbers")
+    for index, row in enumerate(instances):
+        if not isinstance(row, list) or len(row) != n_features:
+            size = len(row) if isinstance(row, list) else type(row).__name__
+            raise InvalidInput(
+                f"'{key}[{index}]' has {size} values: each row must be a list of {n_features} "
+                f"numbers ({_feature_list(feature_names)})"
+            )
+        for column, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidInput(
+                    f"'{key}[{index}][{column}]' (feature {feature_names[column]!r}) is "
+                    f"{value!r}: features must be numbers"
+                )
+    return np.asarray(instances, dtype=np.float64)
+
+
+def _check_datatype(tensor: InferInput) -> None:
+    if tensor.datatype not in NUMERIC_DATATYPES:
+        raise InvalidInput(
+            f"input {tensor.name!r} has datatype {tensor.datatype!r}: use a numeric v2 datatype "
+            f"({', '.join(NUMERIC_DATATYPES)})"
+        )
+
+
+def _as_float_matrix(tensor: InferInput, shape: list[int]) -> np.ndarray:
+    expected = math.prod(shape)
+    try:
+        array = tensor.as_numpy()
+    except (ValueError, TypeError, OverflowError) as err:
+        size = _data_size(tensor)
+        if size is not None and size != expected:
+            raise InvalidInput(
+                f"input {tensor.name!r}: shape {shape} needs {expected} values, "
+                f"but 'data' has {size}"
+            ) from err
+        raise InvalidInput(
+            f"input {tensor.name!r}: 'data' cannot be read as {tensor.datatype}: {err}"
+        ) from err
+    return np.ascontiguousarray(array, dtype=np.float64).reshape(shape)
+
+
+def _data_size(tensor: InferInput) -> int | None:
+    try:
+        return int(np.asarray(tensor.data, dtype=object).size)
+    except (ValueError, TypeError):
+        return None
+
+
+def _check_finite(matrix: np.ndarray, feature_names: list[str]) -> None:
+    finite = np.isfinite(matrix)
+    if finite.all():
+        return
+    row, column = (int(i) for i in np.argwhere(~finite)[0])
+    raise InvalidInput(
+        f"row {row}, feature {feature_names[column]!r} (column {column}) is {matrix[row, column]}:"
+        f" NaN and infinity are not valid feature values ({int((~finite).sum())} in the request)"
+    )
+
+
+def _feature_list(feature_names: list[str]) -> str:
+    if len(feature_names) <= 4:
+        return ", ".join(feature_names)
+    return f"{feature_names[0]!r}, {feature_names[1]!r}, ..., {feature_names[-1]!r}"

@@ -1,0 +1,139 @@
+"""One revision's model: a ``kserve.Model`` serving a store version as the sklearn runtime does.
+
+Like KServe's sklearnserver (``python/sklearnserver/sklearnserver/model.py``): ``load()`` finds
+the model file, loads it and sets ``ready``; ``predict()`` turns the request into an array,
+predicts, and answers with KServe's ``get_predict_response`` (v2 output ``output-0``, v1
+``predictions``). Unlike it, ``load()`` goes through the project's store, which refuses a
+file whose sha256 differs from ``metadata.json``, and a bad request gets ``InvalidInput`` (400)
+that names the problem instead of a 500 from deep inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.utils.utils import get_predict_response
+
+from serving.drift import DriftMonitor
+from serving.inputs import request_matrix, wants_probabilities
+from serving.observability import current_request
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What a revision serves.
+
+    Attributes:
+        name: Revision name, e.g. ``breast-cancer-predictor-00002``.
+        storage_uri: The store version directory.
+        model_version: The store version number, as a string (the v2 ``model_version``).
+    """
+
+    name: str
+    storage_uri: str
+    model_version: str
+
+
+class RevisionModel(Model):
+    """A scikit-learn model of one revision, answering as KServe's sklearn runtime does."""
+
+    def __init__(self, model_name: str, revision: Revision) -> None:
+        """Create the (not yet loaded) model.
+
+        Args:
+            model_name: The served model's name (the InferenceService name).
+            revision: The revision this model belongs to.
+        """
+        super().__init__(model_name)
+        self.revision = revision
+        self.ready = False
+        self.feature_names: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.drift: DriftMonitor | None = None
+        self._model: Any = None
+
+    def load(self) -> bool:
+        """Download the version, check its sha256, load it and check its feature count.
+
+        Returns:
+            ``True`` (the model is ready).
+
+        Raises:
+            mlops.store.StoreError: When the version is missing or its file fails the check.
+            ValueError: When metadata and model disagree on the number of features.
+        """
+        import joblib
+
+        from mlops.store import fetch_version
+
+        with tempfile.TemporaryDirectory(prefix="mlops-revision-") as tmp:
+            model_path, metadata = fetch_version(self.revision.storage_uri, Path(tmp))
+            model = joblib.load(model_path)
+        feature_names = list(metadata.get("feature_names") or [])
+        n_features = getattr(model, "n_features_in_", len(feature_names))
+        if not feature_names:
+            feature_names = [f"feature_{i}" for i in range(n_features)]
+        if len(feature_names) != n_features:
+            raise ValueError(
+                f"{self.revision.storage_uri}: metadata.json lists {len(feature_names)} "
+                f"feature_names but the model takes {n_features} features"
+            )
+        reference = metadata.get("reference_statistics")
+        self.drift = DriftMonitor(feature_names, reference) if reference else None
+        self._model, self.metadata, self.feature_names = model, metadata, feature_names
+        self.ready = True
+        return self.ready
+
+    def predict(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        """Predict labels, or class probabilities when the request asks (``predict_proba``).
+
+        Args:
+            payload: A v1 body or a v2 ``InferRequest``.
+            headers: Request headers (unused).
+
+        Returns:
+            v2: ``output-0`` of shape ``[rows]`` (labels) or ``[rows, classes]``
+            (probabilities), with ``model_version`` set; v1: ``{"predictions": [...]}``.
+
+        Raises:
+            InvalidInput: When the request is malformed (the message says how).
+            InferenceError: When the model itself fails.
+        """
+        matrix = request_matrix(payload, self.feature_names)
+        probabilities = wants_probabilities(payload)
+        if probabilities and not hasattr(self._model, "predict_proba"):
+            raise InvalidInput(f"{type(self._model).__name__} has no predict_proba")
+        try:
+            result: np.ndarray = (
+                self._model.predict_proba(matrix) if probabilities else self._model.predict(matrix)
+            )
+        except Exception as err:  # scikit-learn raises many types; the server maps this to 500
+            raise InferenceError(f"{self.revision.name}: {type(err).__name__}: {err}") from err
+        if self.drift is not None:
+            self.drift.observe(matrix)
+        info = current_request()
+        if info is not None:
+            info.rows = len(matrix)
+        response = get_predict_response(payload, result, self.name)
+        if isinstance(response, InferResponse):
+            response.model_version = self.revision.model_version
+        return response
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """The v2 metadata of the one input tensor."""
+        return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.feature_names)]}]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """The v2 metadata of the output (labels; ``[-1, classes]`` with ``predict_proba``)."""
+        return [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]

@@ -1,0 +1,255 @@
+"""Per-request metrics and JSON log lines, and the request-size limit, as one ASGI middleware.
+
+KServe's ``/metrics`` serves ``prometheus_client``'s default registry, so the counters here
+appear there next to KServe's own ``request_*_seconds`` histograms. The revision that answered
+is known only deep inside the router; it reaches the middleware through a context variable
+holding a mutable ``RequestInfo``, which the route handler (same task) fills in.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_LABELS = ("model", "revision", "model_version")
+REQUESTS = Counter("mlops_inference_requests", "Inference requests answered", [*_LABELS, "code"])
+ERRORS = Counter(
+    "mlops_inference_errors", "Inference requests answered with 4xx/5xx", [*_LABELS, "code"]
+)
+ROWS = Counter("mlops_inference_rows", "Rows predicted", _LABELS)
+LATENCY = Histogram(
+    "mlops_inference_request_duration_seconds",
+    "Inference request latency, from first byte in to last byte out of the server",
+    _LABELS,
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+# Before routing (e.g. a body that is not JSON) no revision is known.
+NO_REVISION = "none"
+REQUEST_LOGGER = "mlops.serving.requests"
+_ERROR_CHARS = 300
+
+
+@dataclass
+class RequestInfo:
+    """What one request did; filled in as it is handled, logged when it ends.
+
+    Attributes:
+        request_id: ``x-request-id`` of the request, or a generated one.
+        model: The model name from the path.
+        revision: The revision that answered.
+        model_version: The store version of that revision.
+        rows: Rows predicted.
+        status: HTTP status sent.
+        latency_ms: Time from request start to the end of the response.
+        error: The error message of a 4xx/5xx answer (never the payload).
+    """
+
+    request_id: str
+    model: str = ""
+    revision: str = NO_REVISION
+    model_version: str = ""
+    rows: int = 0
+    status: int = 0
+    latency_ms: float = 0.0
+    error: str = ""
+
+
+_CURRENT: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
+    "mlops_request", default=None
+)
+
+
+def current_request() -> RequestInfo | None:
+    """The ``RequestInfo`` of the inference request being handled, if any."""
+    return _CURRENT.get()
+
+
+def configure_request_log(stream: Any = None) -> logging.Logger:
+    """One JSON object per line on ``stream`` (stdout by default), nothing else on it."""
+    logger = logging.getLogger(REQUEST_LOGGER)
+    logger.handlers.clear()
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def _model_from_path(path: str) -> str | None:
+    """The model name of an inference path (v2 ``.../infer``, v1 ``...:predict``), else None."""
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return path[len("/v2/models/") :].split("/", 1)[0]
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return path[len("/v1/models/") : -len(":predict")]
+    return None
+
+
+class ObservabilityMiddleware:
+    """Limits body size and, for inference requests, records metrics and one JSON log line."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        """Wrap ``app``.
+
+        Args:
+            app: The ASGI application (KServe's FastAPI app).
+            max_body_bytes: Larger request bodies get 413 without being read.
+        """
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.logger = logging.getLogger(REQUEST_LOGGER)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI call."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        model = _model_from_path(scope["path"])
+        if model is None:
+            await self._limited(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
+        if b"x-request-id" not in headers:
+            # So KServe's own latency log and the response carry the same id.
+            scope["headers"] = [*scope.get("headers", []), (b"x-request-id", request_id.encode())]
+        _default_to_json(scope, headers)
+        info = RequestInfo(request_id=request_id, model=model)
+        token = _CURRENT.set(info)
+        error = bytearray()
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                info.status = int(message["status"])
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            elif info.status >= 400 and len(error) < _ERROR_CHARS:
+                error.extend(message.get("body", b"")[:_ERROR_CHARS])
+            await send(message)
+
+        try:
+            await self._limited(scope, receive, send_and_watch)
+        finally:
+            _CURRENT.reset(token)
+            info.latency_ms = round((time.perf_counter() - start) * 1000, 3)
+            if info.status >= 400:
+                info.error = _error_message(bytes(error))
+            self._record(info)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                await self._too_large(int(length), send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        # A chunked body has no length up front: read it here, up to the limit, then replay it.
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body.extend(message.get("body", b""))
+            if len(body) > self.max_body_bytes:
+                await self._too_large(len(body), send, at_least=True)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, size: int, send: Send, at_least: bool = False) -> None:
+        body = json.dumps(
+            {
+                "error": f"request body is {'more than ' if at_least else ''}{size} bytes: the "
+                f"limit is {self.max_body_bytes} bytes (mlops serve --max-body-bytes); "
+                "split the rows over several requests"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def _record(self, info: RequestInfo) -> None:
+        labels = (info.model, info.revision, info.model_version or "")
+        code = str(info.status)
+        REQUESTS.labels(*labels, code).inc()
+        LATENCY.labels(*labels).observe(info.latency_ms / 1000)
+        if info.status >= 400:
+            ERRORS.labels(*labels, code).inc()
+        elif info.rows:
+            ROWS.labels(*labels).inc(info.rows)
+        if self.logger.isEnabledFor(logging.INFO):
+            line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), **asdict(info)}
+            if not info.error:
+                line.pop("error")
+            self.logger.info(json.dumps(line, separators=(",", ":")))
+
+
+def _default_to_json(scope: Scope, headers: dict[bytes, bytes]) -> None:
+    """Read a body without ``Inference-Header-Content-Length`` as JSON, whatever its content type.
+
+    The v2 binary-data extension says the whole body is JSON when that header is absent, and
+    ``tritonclient.http`` sends JSON requests with no content type at all; KServe's route would
+    take such a body for binary tensors and refuse it.
+    """
+    if b"inference-header-content-length" in headers:
+        return
+    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+    if content_type in _JSON_TYPES:
+        return
+    others = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
+    scope["headers"] = [*others, (b"content-type", b"application/json")]
+
+
+_JSON_TYPES = (b"application/json", b"application/cloudevents+json", b"application/ld+json")
+
+
+def _error_message(body: bytes) -> str:
+    text = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text[:_ERROR_CHARS]
+    message = parsed.get("error") or parsed.get("detail") if isinstance(parsed, dict) else parsed
+    return str(message)[:_ERROR_CHARS]

@@ -1,0 +1,282 @@
+"""The local model server: KServe's ``ModelServer`` with the canary router and what it needs.
+
+KServe's own server answers v1 and v2 and ``/metrics``; this adds, on the same FastAPI app:
+the ``/versions/{version}`` routes (KServe's answer "Model versioning not supported yet"),
+the request-size limit, per-revision metrics and JSON request logs, drift gauges, and 422s
+for request bodies that do not parse, in KServe's ``{"error": ...}`` shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kserve import ModelServer
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.server import RESTServer
+from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
+from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from serving import local_controller
+from serving.observability import ObservabilityMiddleware, configure_request_log
+from serving.runtime import CanaryRouter, VersionNotFound, pinned_version
+
+DEFAULT_PORT = 8080
+# About 14,000 rows of 30 features as JSON; a larger batch should be split.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to serve an InferenceService locally.
+
+    Attributes:
+        name: The InferenceService name, also the served model's name.
+        state_dir: The project's state directory (``MLOPS_HOME``).
+        host: Address to bind; loopback by default (KServe binds 0.0.0.0 inside a pod).
+        port: HTTP port.
+        poll_interval_s: How often the state file is checked for deploys, promotes, rollbacks.
+        max_body_bytes: Larger request bodies are refused with 413.
+    """
+
+    name: str
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    poll_interval_s: float = 0.5
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be within 1..65535, got {self.port}")
+        if not 0 < self.poll_interval_s <= 60:
+            raise ValueError(f"poll_interval_s must be within (0, 60], got {self.poll_interval_s}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+
+    @property
+    def url(self) -> str:
+        """The base URL clients use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+class LocalModelServer(ModelServer):
+    """KServe's ModelServer, REST only, bound to ``host`` instead of every interface."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        """Create the server; ``kwargs`` go to ``kserve.ModelServer``."""
+        super().__init__(**kwargs)
+        self.host = host
+
+    def start(self, models: list[Any]) -> None:
+        """Register ``models`` and serve until SIGINT/SIGTERM (KServe's single-worker path)."""
+        self._register_and_check_atleast_one_model_is_ready(models)
+        rest = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+        )
+        # RESTServer hard-codes 0.0.0.0; uvicorn reads the host only when it binds.
+        rest.config.host = self.host
+        self._rest_server = rest
+        self.servers.append(rest.start())
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+class VersionEndpoints:
+    """``/v2/models/{name}[/versions/{version}]`` routes that KServe leaves unimplemented."""
+
+    def __init__(self, router: CanaryRouter, dataplane: DataPlane) -> None:
+        """Answer for ``router`` through KServe's own v2 handlers."""
+        self.router = router
+        self.dataplane = dataplane
+        self.v2 = V2Endpoints(dataplane)
+
+    def _check(self, model_name: str, model_version: str | None) -> None:
+        if model_name != self.router.name:
+            raise ModelNotFound(model_name)
+        if model_version is not None and self.router.find(model_version) is None:
+            raise VersionNotFound(
+                f"model {model_name!r} has no live version {model_version!r}: live versions "
+                f"are {self.router.routes.describe()}"
+            )
+
+    async def infer(
+        self,
+        raw_request: Request,
+        raw_response: Response,
+        model_name: str,
+        model_version: str,
+        request_body: InferenceRequest | bytes,
+    ) -> InferenceResponse | Response:
+        """Infer with one revision: a store version, a revision name, ``latest`` or ``prev``."""
+        self._check(model_name, None)
+        with pinned_version(model_version):
+            return await self.v2.infer(raw_request, raw_response, model_name, request_body)
+
+    async def ready(self, model_name: str, model_version: str) -> dict[str, Any]:
+        """Whether the version is live."""
+        self._check(model_name, model_version)
+        return {"name": model_name, "ready": True}
+
+    async def metadata(self, model_name: str, model_version: str | None = None) -> dict[str, Any]:
+        """KServe's model metadata, plus the live ``versions``."""
+        self._check(model_name, model_version)
+        metadata = await self.dataplane.model_metadata(model_name)
+        versions = [model_version] if model_version else self.router.versions()
+        return {**metadata, "versions": versions}
+
+    def api_router(self) -> APIRouter:
+        """The routes, to be included before KServe registers its own."""
+        routes = APIRouter(prefix="/v2/models/{model_name}", tags=["V2"])
+        routes.add_api_route("", self.metadata, methods=["GET"])
+        routes.add_api_route("/versions/{model_version}", self.metadata, methods=["GET"])
+        routes.add_api_route("/versions/{model_version}/ready", self.ready, methods=["GET"])
+        routes.add_api_route(
+            "/versions/{model_version}/infer", self.infer, methods=["POST"], response_model=None
+        )
+        return routes
+
+
+class ServingCollector(Collector):
+    """Traffic split and drift of the live revisions, computed when Prometheus scrapes."""
+
+    def __init__(self, router: CanaryRouter) -> None:
+        """Report on ``router``'s live revisions."""
+        self.router = router
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield ``mlops_revision_traffic_percent``, ``mlops_feature_psi``, ``mlops_drift_rows``."""
+        labels = ["model", "revision", "model_version"]
+        traffic = GaugeMetricFamily(
+            "mlops_revision_traffic_percent",
+            "Share of traffic per revision",
+            labels=[*labels, "tag"],
+        )
+        psi = GaugeMetricFamily(
+            "mlops_feature_psi",
+            "Population stability index of served inputs vs the training reference",
+            labels=[*labels, "feature"],
+        )
+        rows = GaugeMetricFamily("mlops_drift_rows", "Rows in the drift statistics", labels=labels)
+        for route in self.router.routes.routes:
+            revision = route.model.revision
+            values = [self.router.name, revision.name, revision.model_version]
+            traffic.add_metric([*values, route.tag], route.percent)
+            monitor = route.model.drift
+            if monitor is None:
+                continue
+            rows.add_metric(values, monitor.rows)
+            for feature in monitor.report():
+                psi.add_metric([*values, feature.feature], feature.psi)
+        yield traffic
+        yield psi
+        yield rows
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    """A body FastAPI cannot parse: 422 with one readable line, in KServe's error shape."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    parts = []
+    for error in errors:
+        location = [str(p) for p in error.get("loc", ()) if p != "body"]
+        if error.get("type") == "json_invalid":
+            detail = error.get("ctx", {}).get("error", "")
+            at = f" at character {location[0]}" if location else ""
+            parts.append(f"the body is not valid JSON{at}: {detail}")
+            break
+        if location and location[0] == "bytes":
+            continue  # the other member of KServe's Union[InferenceRequest, bytes] body
+        field = ".".join(location).removeprefix("InferenceRequest.") or "body"
+        parts.append(f"{field}: {error.get('msg')}")
+    message = "; ".join(parts[:3]) or str(exc)
+    return JSONResponse(status_code=422, content={"error": f"invalid request: {message}"})
+
+
+class _NoTracebackForBadRequests(logging.Filter):
+    """KServe logs every handled error with a traceback; a client's mistake needs one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InvalidInput | ModelNotFound):
+            record.msg, record.args = "rejected request: %s", (record.exc_info[1],)
+            record.exc_info = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def install(app: FastAPI, router: CanaryRouter, dataplane: DataPlane, max_body_bytes: int) -> None:
+    """Add the version routes, middleware and handlers to KServe's app (before it starts)."""
+    app.include_router(VersionEndpoints(router, dataplane).api_router())
+    app.add_middleware(ObservabilityMiddleware, max_body_bytes=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    REGISTRY.register(ServingCollector(router))
+
+
+def _configure_logging() -> None:
+    from kserve.logging import configure_logging
+
+    kserve_logger = logging.getLogger("kserve")
+    if not kserve_logger.handlers:
+        configure_logging()
+    # One JSON line per request is the request log; KServe's per-request trace and uvicorn's
+    # access lines would repeat it in another format.
+    logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    kserve_logger.addFilter(_NoTracebackForBadRequests())
+    ours = logging.getLogger("mlops.serving")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    if not ours.handlers:
+        ours.handlers = list(kserve_logger.handlers)
+    configure_request_log()
+    # KServe's v1 route still returns ORJSONResponse, which FastAPI now warns about per process.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+
+def run_server(settings: ServerSettings) -> None:
+    """Serve ``settings.name`` from the local state until interrupted.
+
+    Raises:
+        local_controller.NotDeployedError: When nothing named ``settings.name`` is deployed.
+        RuntimeError: When no revision could be loaded.
+    """
+    import kserve.model_server
+
+    _configure_logging()
+    local_controller.record_server(settings.name, settings.url, settings.state_dir)
+    router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)
+    router.load()
+    if not router.ready:
+        isvc = local_controller.read_state(settings.name, settings.state_dir)["inferenceService"]
+        conditions = isvc.get("status", {}).get("conditions", [])
+        why = "; ".join(c.get("message", "") for c in conditions if c.get("message"))
+        raise RuntimeError(f"no revision of {settings.name!r} could be loaded: {why or 'unknown'}")
+    server = LocalModelServer(
+        settings.host,
+        http_port=settings.port,
+        enable_grpc=False,
+        enable_latency_logging=False,
+        enable_docs_url=False,
+    )
+    install(kserve.model_server.app, router, server.dataplane, settings.max_body_bytes)
+    server.start([router])
