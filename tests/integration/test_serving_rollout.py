@@ -1,0 +1,159 @@
+"""Deploy, promote and rollback while `mlops serve` answers: no failed request, no restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from tests.integration.serving_helpers import (
+    MLOPS,
+    NAME,
+    deploy,
+    fit,
+    publish,
+    start_server,
+    v2_body,
+    wait_for,
+)
+
+
+def mlops(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLOPS_HOME": str(home)}
+    return subprocess.run([MLOPS, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(
+    tmp_path: Path, breast_cancer: pd.DataFrame
+) -> None:
+    home = tmp_path / ".mlops"
+    for c in (1.0, 0.001):
+        version, uri = publish(home, fit(breast_cancer, c), breast_cancer, tmp_path)
+        deploy(home, version, uri, canary=10)
+    server = start_server(home)
+    url = f"{server.url}/v2/models/{NAME}/infer"
+    body = json.dumps(v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:5]))
+    results: list[tuple[int | str, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                try:
+                    response = http.post(
+                        url, content=body, headers={"content-type": "application/json"}
+                    )
+                    results.append((response.status_code, response.json().get("model_version")))
+                except Exception as err:  # any failure counts, whatever its kind
+                    results.append((repr(err), ""))
+
+    def last_versions(count: int = 40) -> set[str]:
+        return {version for _, version in results[-count:]}
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(results) > 200)
+        assert last_versions(200) == {"1", "2"}
+
+        promoted = mlops(home, "promote")
+        assert promoted.returncode == 0, promoted.stderr
+        wait_for(lambda: last_versions() == {"2"})
+
+        rolled_back = mlops(home, "rollback")
+        assert rolled_back.returncode == 0, rolled_back.stderr
+        # Rollback after a promote: back to the revision rolled out before it.
+        wait_for(lambda: last_versions() == {"1"})
+
+        # A new deploy splits with the last rolled-out revision (2: rollback does not change it).
+        version, uri = publish(home, fit(breast_cancer, 0.1), breast_cancer, tmp_path)
+        deploy(home, version, uri, canary=50)
+        wait_for(lambda: last_versions() == {"2", "3"})
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        server.stop()
+    failed = [result for result in results if result[0] != 200]
+    assert not failed, failed[:5]
+    assert len(results) > 500
+
+
+def test_a_canary_whose_file_is_corrupt_leaves_the_previous_revision_serving(
+    tmp_path: Path, breast_cancer: pd.DataFrame
+) -> None:
+    home = tmp_path / ".mlops"
+    version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path)
+    deploy(home, version, uri)
+    server = start_server(home)
+    try:
+        version, uri = publish(home, fit(breast_cancer, 0.001), breast_cancer, tmp_path)
+        with open(Path(uri) / "model.joblib", "ab") as model_file:
+            model_file.write(b"changed after upload")
+        deploy(home, version, uri, canary=50)
+
+        from serving import local_controller
+
+        state = wait_for(
+            lambda: (
+                (s := local_controller.read_state(NAME, home))["revisions"][
+                    "breast-cancer-predictor-00002"
+                ].get("failed")
+                and s
+            )
+        )
+        reason = state["revisions"]["breast-cancer-predictor-00002"]["failed"]["reason"]
+        assert "sha256" in reason and "refusing to load" in reason
+        status = state["inferenceService"]["status"]
+        assert status["components"]["predictor"]["traffic"] == [
+            {
+                "tag": "prev",
+                "revisionName": "breast-cancer-predictor-00001",
+                "latestRevision": False,
+                "percent": 100,
+                "url": f"{server.url}/v2/models/{NAME}/versions/prev",
+            }
+        ]
+        (ready,) = status["conditions"]
+        assert ready["status"] == "False" and "breast-cancer-predictor-00002" in ready["message"]
+        assert "sha256" in ready["message"]
+
+        rows = v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:2])
+        with httpx.Client() as http:
+            versions = {http.post(f"{server.url}/v2/models/{NAME}/infer", json=rows).json()[
+                "model_version"] for _ in range(100)}  # fmt: skip
+            assert versions == {"1"}
+            pinned = http.post(f"{server.url}/v2/models/{NAME}/versions/2/infer", json=rows)
+            assert pinned.status_code == 404
+        table = mlops(home, "get").stdout.splitlines()
+        assert table[1].split()[2] == "False"  # READY, as kubectl get isvc would show it
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_to_start_when_no_revision_loads(
+    tmp_path: Path, breast_cancer: pd.DataFrame
+) -> None:
+    home = tmp_path / ".mlops"
+    version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path)
+    (Path(uri) / "model.joblib").write_bytes(b"not a model")
+    deploy(home, version, uri)
+    started = time.monotonic()
+    result = mlops(home, "serve", "--port", "1")
+    assert result.returncode == 1
+    assert "error: no revision of 'breast-cancer' could be loaded" in result.stderr
+    assert "sha256" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_serve_says_what_to_do_when_nothing_is_deployed(tmp_path: Path) -> None:
+    result = mlops(tmp_path / ".mlops", "serve")
+    assert result.returncode == 1
+    assert "is not deployed locally" in result.stderr and "mlops run" in result.stderr
