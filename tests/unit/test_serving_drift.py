@@ -1,0 +1,53 @@
+"""PSI against the training reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops.validation import reference_statistics
+from serving.drift import DriftMonitor, classify, psi
+
+
+def test_psi_is_zero_for_the_reference_distribution_and_grows_with_a_shift() -> None:
+    reference = np.full(10, 0.1)
+    assert psi(reference, np.full(10, 50)) == pytest.approx(0.0)
+    assert psi(reference, np.zeros(10)) == 0.0
+    shifted = np.array([0, 0, 0, 0, 0, 10, 20, 20, 20, 30])
+    assert psi(reference, shifted) > 0.25
+
+
+def test_classify_uses_the_usual_thresholds() -> None:
+    assert [classify(v) for v in (0.05, 0.1, 0.2, 0.25, 1.0)] == [
+        "stable",
+        "moderate",
+        "moderate",
+        "significant",
+        "significant",
+    ]
+
+
+def test_the_monitor_sees_training_like_rows_as_stable_and_a_shifted_feature_as_drift(
+    breast_cancer: pd.DataFrame,
+) -> None:
+    features = [c for c in breast_cancer.columns if c != "target"]
+    monitor = DriftMonitor(features, reference_statistics(breast_cancer, "target"))
+    rows = breast_cancer[features].to_numpy(dtype=float)
+    shifted = rows.copy()
+    shifted[:, 0] *= 3
+    monitor.observe(rows[:300])
+    monitor.observe(rows[300:])
+    assert monitor.rows == len(rows)
+    assert max(f.psi for f in monitor.report()) < 0.01
+    monitor.observe(shifted)
+    monitor.observe(shifted)
+    report = {f.feature: f for f in monitor.report()}
+    assert report["mean radius"].psi > 0.25
+    assert report["mean texture"].psi < 0.01
+    assert report["mean radius"].served_mean > report["mean radius"].reference_mean
+
+
+def test_a_reference_missing_a_feature_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"no entry for features \['b'\]"):
+        DriftMonitor(["a", "b"], {"features": {"a": {}}})
