@@ -50,7 +50,12 @@ def evaluate(
     import pandas as pd
 
     from mlops import registry
-    from mlops.evaluation import classification_curves, decide_deployment, score_classifier
+    from mlops.evaluation import (
+        classification_curves,
+        decide_deployment,
+        incompatible_champion,
+        score_classifier,
+    )
     from mlops.store import fetch_version
 
     rows = pd.read_parquet(holdout.path)
@@ -59,13 +64,18 @@ def evaluate(
     challenger = joblib.load(model.path)
     scores = score_classifier(challenger, features, labels)
 
-    champion_scores = None
+    champion_scores, mismatch = None, None
     champion_uri = registry.storage_uri_of_alias(tracking_uri, model_name, registry.CHAMPION)
     if champion_uri:
         with tempfile.TemporaryDirectory() as tmp:
-            champion_path, _ = fetch_version(champion_uri, Path(tmp))
-            champion_scores = score_classifier(joblib.load(champion_path), features, labels)
-    decision = decide_deployment(scores, champion_scores, min_accuracy, max_degradation)
+            champion_path, champion_meta = fetch_version(champion_uri, Path(tmp))
+            mismatch = incompatible_champion(
+                champion_meta.get("feature_names", []), model.metadata.get("feature_names", [])
+            )
+            if mismatch is None:
+                champion = joblib.load(champion_path)
+                champion_scores = score_classifier(champion, features, labels)
+    decision = mismatch or decide_deployment(scores, champion_scores, min_accuracy, max_degradation)
 
     for key, value in scores.items():
         metrics.log_metric(key, value)

@@ -70,6 +70,24 @@ def decide_deployment(
     )
 
 
+def incompatible_champion(
+    champion_features: list[str], challenger_features: list[str]
+) -> Decision | None:
+    """A gated decision when the champion was trained on other features, else ``None``.
+
+    The two cannot be scored on the same rows, and serving the challenger would change the
+    request schema under the clients' feet: that takes a new model name, not a new version.
+    """
+    if champion_features == challenger_features:
+        return None
+    return Decision(
+        False,
+        f"the champion takes {len(champion_features)} features "
+        f"({', '.join(champion_features[:3])}...), this model {len(challenger_features)} "
+        f"({', '.join(challenger_features[:3])}...): use another --model-name",
+    )
+
+
 def classification_curves(
     model: Any, features: np.ndarray, labels: np.ndarray
 ) -> tuple[list[str], list[list[int]], tuple[list[float], list[float], list[float]] | None]:

@@ -23,6 +23,8 @@ from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracki
 
 # The last "SomethingError: message" line a failed step printed is the cause worth showing.
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+# kfp.local's own progress lines (task started, task finished), shown even when not verbose.
+_PROGRESS_LINE = re.compile(r" - INFO - (Running pipeline|Executing task|.* finished with status)")
 
 
 class PipelineRunError(RuntimeError):
@@ -58,15 +60,17 @@ def local_arguments(overrides: dict[str, Any], state_dir: Path) -> dict[str, Any
 
 
 class _Tee(io.TextIOBase):
-    """Copy what the steps print into a log file, and on to the terminal when verbose."""
+    """Copy what the steps print into a log file; show KFP's progress (everything if verbose)."""
 
-    def __init__(self, log: TextIO, echo: TextIO | None) -> None:
-        self.log, self.echo, self.error_line = log, echo, ""
+    def __init__(self, log: TextIO, terminal: TextIO, verbose: bool) -> None:
+        self.log, self.terminal, self.verbose, self.error_line = log, terminal, verbose, ""
 
     def write(self, text: str) -> int:
         self.log.write(text)
-        if self.echo:
-            self.echo.write(text)
+        if self.verbose:
+            self.terminal.write(text)
+        elif _PROGRESS_LINE.search(text.split("\n", 1)[0]):
+            self.terminal.write(text.split("\n", 1)[0] + "\n")
         for line in text.splitlines():
             match = _ERROR_LINE.match(line.strip())
             if match:
@@ -79,7 +83,7 @@ def _captured_steps(log_file: Path, verbose: bool) -> Iterator[_Tee]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with (
         open(log_file, "w") as log,
-        contextlib.redirect_stdout(_Tee(log, sys.stdout if verbose else None)) as tee,
+        contextlib.redirect_stdout(_Tee(log, sys.stderr, verbose)) as tee,
     ):
         yield tee
 

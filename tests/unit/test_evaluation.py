@@ -1,7 +1,12 @@
 import pandas as pd
 import pytest
 
-from mlops.evaluation import classification_curves, decide_deployment, score_classifier
+from mlops.evaluation import (
+    classification_curves,
+    decide_deployment,
+    incompatible_champion,
+    score_classifier,
+)
 
 GOOD = {"accuracy": 0.97, "f1": 0.96, "roc_auc": 0.99}
 
@@ -41,3 +46,10 @@ def test_scores_and_curves_on_holdout(tiny_model, breast_cancer: pd.DataFrame) -
     assert matrix[0][0] + matrix[1][1] == pytest.approx(scores["accuracy"] * len(labels))
     fpr, tpr, thresholds = roc
     assert fpr[0] == 0 and tpr[-1] == 1 and thresholds[0] == 1.0
+
+
+def test_a_champion_on_other_features_gates_with_the_reason() -> None:
+    decision = incompatible_champion(["mean radius", "mean texture"], ["sepal length (cm)"])
+    assert decision is not None and not decision.deploy
+    assert "champion takes 2 features" in decision.reason and "--model-name" in decision.reason
+    assert incompatible_champion(["a", "b"], ["a", "b"]) is None
