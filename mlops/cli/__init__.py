@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mlops.cli import deployments, pipeline
+from mlops.cli import deployments, pipeline, serving
 
 
 class _Group(click.Group):
@@ -30,15 +30,7 @@ def main() -> None:
     """Train, gate, store and serve a scikit-learn model with Kubeflow Pipelines and KServe."""
 
 
-for _command in (*pipeline.COMMANDS, *deployments.COMMANDS):
+for _command in (*pipeline.COMMANDS, *deployments.COMMANDS, *serving.COMMANDS):
     main.add_command(_command)
-
-try:  # the local model server's commands (serve, predict, drift), when present
-    import importlib
-
-    for _command in importlib.import_module("mlops.cli.serving").COMMANDS:
-        main.add_command(_command)
-except ImportError:
-    pass
 
 __all__ = ["main"]
