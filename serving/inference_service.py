@@ -37,6 +37,8 @@ class PredictorSettings:
         service_account: ServiceAccount whose Secret carries the S3 credentials, if any.
         cpu: CPU request (small, so two revisions fit on a CI runner).
         memory: Memory request.
+        cpu_limit: CPU limit.
+        memory_limit: Memory limit: headroom for the sklearn server's imports and the model.
     """
 
     name: str
@@ -47,6 +49,8 @@ class PredictorSettings:
     service_account: str | None = None
     cpu: str = "100m"
     memory: str = "256Mi"
+    cpu_limit: str = "1"
+    memory_limit: str = "1Gi"
 
     def __post_init__(self) -> None:
         if not _DNS_1035.match(self.name):
@@ -81,6 +85,7 @@ def build_inference_service(settings: PredictorSettings) -> V1beta1InferenceServ
     from kubernetes.client import V1ObjectMeta, V1ResourceRequirements
 
     requests = {"cpu": settings.cpu, "memory": settings.memory}
+    limits = {"cpu": settings.cpu_limit, "memory": settings.memory_limit}
     return V1beta1InferenceService(
         api_version=constants.KSERVE_V1BETA1,
         kind=constants.KSERVE_KIND_INFERENCESERVICE,
@@ -100,7 +105,7 @@ def build_inference_service(settings: PredictorSettings) -> V1beta1InferenceServ
                     protocol_version="v2",
                     runtime=SKLEARN_RUNTIME,
                     storage_uri=settings.storage_uri,
-                    resources=V1ResourceRequirements(requests=requests, limits=requests),
+                    resources=V1ResourceRequirements(requests=requests, limits=limits),
                 ),
             )
         ),

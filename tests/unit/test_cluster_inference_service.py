@@ -43,6 +43,7 @@ def test_the_built_inference_service_round_trips_without_losing_a_field(
     predictor = isvc["spec"]["predictor"]
     assert predictor["serviceAccountName"] == "kserve-minio-sa"
     assert predictor["model"]["resources"]["requests"] == {"cpu": "100m", "memory": "256Mi"}
+    assert predictor["model"]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
     assert ("canaryTrafficPercent" in predictor) is (percent is not None)
 
 
