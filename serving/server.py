@@ -9,6 +9,7 @@ for request bodies that do not parse, in KServe's ``{"error": ...}`` shape.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,6 +31,7 @@ from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from serving import local_controller
 from serving.observability import ObservabilityMiddleware, configure_request_log
@@ -103,8 +106,54 @@ class LocalModelServer(ModelServer):
         asyncio.run(self._serve())
 
 
-class VersionEndpoints:
-    """``/v2/models/{name}[/versions/{version}]`` routes that KServe leaves unimplemented."""
+async def read_infer_body(raw_request: Request) -> InferenceRequest | bytes:
+    """The body of a v2 infer request, parsed as KServe's route would, but faster.
+
+    KServe's route lets FastAPI parse the JSON with the standard library, which takes about
+    10 ms for 1000 rows of 30 floats; orjson takes about 1.5 ms. A binary-extension body
+    (``Inference-Header-Content-Length``) stays bytes for KServe to decode.
+
+    Raises:
+        RequestValidationError: When the body is not JSON or not a v2 inference request (422).
+    """
+    body = await raw_request.body()
+    if "inference-header-content-length" in raw_request.headers:
+        return body
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        try:
+            # NaN and Infinity literals are not JSON, but Python's json module writes them:
+            # parse them, so that the checks can say which feature is not finite.
+            data = json.loads(body)
+        except ValueError:
+            error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error"}
+            raise RequestValidationError([{**error, "ctx": {"error": err.msg}}]) from err
+    try:
+        return InferenceRequest.model_validate(data)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors(include_url=False)) from err
+
+
+def _as_json(result: InferenceResponse | Response, raw_response: Response) -> Response:
+    """Serialize with pydantic in one call.
+
+    Returned as a model, FastAPI would walk it with ``jsonable_encoder`` value by value
+    (about 1.5 ms for 1000 outputs). A returned ``Response`` skips the merge of the headers
+    set on ``raw_response`` (which name the revision), so they are copied here.
+    """
+    if isinstance(result, Response):
+        return result
+    headers = {k: v for k, v in raw_response.headers.items() if k != "content-length"}
+    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
+
+
+class V2Routes:
+    """v2 routes in front of KServe's: fast infer, and the ``/versions/{version}`` forms.
+
+    KServe's own ``/versions/{version}`` handlers answer "Model versioning not supported yet";
+    these pin the request to one revision, as KServe's tag routing does in the cluster.
+    """
 
     def __init__(self, router: CanaryRouter, dataplane: DataPlane) -> None:
         """Answer for ``router`` through KServe's own v2 handlers."""
@@ -122,17 +171,24 @@ class VersionEndpoints:
             )
 
     async def infer(
-        self,
-        raw_request: Request,
-        raw_response: Response,
-        model_name: str,
-        model_version: str,
-        request_body: InferenceRequest | bytes,
+        self, raw_request: Request, raw_response: Response, model_name: str
+    ) -> InferenceResponse | Response:
+        """Infer with the revision the traffic split picks."""
+        self._check(model_name, None)
+        body = await read_infer_body(raw_request)
+        return _as_json(
+            await self.v2.infer(raw_request, raw_response, model_name, body), raw_response
+        )
+
+    async def infer_version(
+        self, raw_request: Request, raw_response: Response, model_name: str, model_version: str
     ) -> InferenceResponse | Response:
         """Infer with one revision: a store version, a revision name, ``latest`` or ``prev``."""
         self._check(model_name, None)
+        body = await read_infer_body(raw_request)
         with pinned_version(model_version):
-            return await self.v2.infer(raw_request, raw_response, model_name, request_body)
+            result = await self.v2.infer(raw_request, raw_response, model_name, body)
+        return _as_json(result, raw_response)
 
     async def ready(self, model_name: str, model_version: str) -> dict[str, Any]:
         """Whether the version is live."""
@@ -147,13 +203,17 @@ class VersionEndpoints:
         return {**metadata, "versions": versions}
 
     def api_router(self) -> APIRouter:
-        """The routes, to be included before KServe registers its own."""
+        """The routes, to be included before KServe registers its own (the first match wins)."""
         routes = APIRouter(prefix="/v2/models/{model_name}", tags=["V2"])
         routes.add_api_route("", self.metadata, methods=["GET"])
+        routes.add_api_route("/infer", self.infer, methods=["POST"], response_model=None)
         routes.add_api_route("/versions/{model_version}", self.metadata, methods=["GET"])
         routes.add_api_route("/versions/{model_version}/ready", self.ready, methods=["GET"])
         routes.add_api_route(
-            "/versions/{model_version}/infer", self.infer, methods=["POST"], response_model=None
+            "/versions/{model_version}/infer",
+            self.infer_version,
+            methods=["POST"],
+            response_model=None,
         )
         return routes
 
@@ -226,7 +286,7 @@ class _NoTracebackForBadRequests(logging.Filter):
 
 def install(app: FastAPI, router: CanaryRouter, dataplane: DataPlane, max_body_bytes: int) -> None:
     """Add the version routes, middleware and handlers to KServe's app (before it starts)."""
-    app.include_router(VersionEndpoints(router, dataplane).api_router())
+    app.include_router(V2Routes(router, dataplane).api_router())
     app.add_middleware(ObservabilityMiddleware, max_body_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
     REGISTRY.register(ServingCollector(router))
