@@ -101,9 +101,14 @@ class LocalModelServer(ModelServer):
         rest.config.host = self.host
         self._rest_server = rest
         self.servers.append(rest.start())
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        # KServe hands `event_loop` to uvicorn's config but then starts with asyncio.run, which
+        # ignores it (and configures a loop it does not run on): run on the loop uvicorn would
+        # pick (uvloop when installed) and configure that one.
+        with asyncio.Runner(loop_factory=rest.config.get_loop_factory()) as runner:
+            asyncio.set_event_loop(runner.get_loop())
+            self.setup_event_loop()
+            self.register_signal_handler()
+            runner.run(self._serve())
 
 
 async def read_infer_body(raw_request: Request) -> InferenceRequest | bytes:
