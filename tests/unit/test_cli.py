@@ -1,0 +1,97 @@
+"""The ``mlops`` command line: help everywhere, kubectl's columns, and submit's contract."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+
+from mlops.cli import main
+from serving.deploy import deploy_inference_service
+from serving.inference_service import PredictorSettings
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_every_command_has_help(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "Usage: main" in result.output
+
+
+def test_get_prints_the_columns_kubectl_prints(mlops_home: Path) -> None:
+    for version, canary in ((1, None), (2, 10)):
+        settings = PredictorSettings(name="breast-cancer", storage_uri=f"/s/breast-cancer/{version}",
+                                     model_version=version, canary_traffic_percent=canary)
+        deploy_inference_service(settings, "local", mlops_home)
+    result = CliRunner().invoke(main, ["get", "breast-cancer"])
+    header, row = result.output.splitlines()
+    assert header.split() == ["NAME", "URL", "READY", "PREV", "LATEST", "PREVROLLEDOUTREVISION",
+                              "LATESTREADYREVISION", "AGE"]
+    cells = row.split()
+    assert cells[0] == "breast-cancer" and cells[2:7] == [
+        "True", "90", "10", "breast-cancer-predictor-00001", "breast-cancer-predictor-00002"]
+
+
+def test_get_yaml_is_the_inference_service(mlops_home: Path) -> None:
+    import yaml
+
+    settings = PredictorSettings(name="breast-cancer", storage_uri="/s/breast-cancer/1",
+                                 model_version=1)
+    deploy_inference_service(settings, "local", mlops_home)
+    isvc = yaml.safe_load(CliRunner().invoke(main, ["get", "-o", "yaml"]).output)
+    assert isvc["kind"] == "InferenceService"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "/s/breast-cancer/1"
+
+
+def test_get_of_an_undeployed_model_is_one_error_line(mlops_home: Path) -> None:
+    result = CliRunner().invoke(main, ["get", "nope"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error: InferenceService 'nope' is not deployed")
+
+
+class _FakeKfpClient:
+    """The KFP API cannot run here: a thin stand-in for ``kfp.Client`` at the boundary."""
+
+    calls: list = []
+    final_state = "SUCCEEDED"
+
+    def __init__(self, host: str) -> None:
+        self.calls.append(("host", host))
+
+    def create_run_from_pipeline_package(self, path: str, **kwargs):  # noqa: ANN003
+        self.calls.append(("create", path, kwargs))
+        return SimpleNamespace(run_id="run-1")
+
+    def wait_for_run_completion(self, run_id: str, timeout: int):
+        self.calls.append(("wait", run_id, timeout))
+        return SimpleNamespace(state=self.final_state)
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch: pytest.MonkeyPatch) -> type[_FakeKfpClient]:
+    import kfp
+
+    _FakeKfpClient.calls = []
+    _FakeKfpClient.final_state = "SUCCEEDED"
+    monkeypatch.setattr(kfp, "Client", _FakeKfpClient)
+    return _FakeKfpClient
+
+
+def test_submit_runs_the_compiled_pipeline_for_the_cluster(fake_kfp) -> None:
+    result = CliRunner().invoke(main, ["submit", "--host", "http://localhost:8888",
+                                       "--label-noise", "0.5", "--timeout", "60"])
+    assert result.exit_code == 0, result.output
+    assert "http://localhost:8888/#/runs/details/run-1" in result.output
+    (_, host), (_, path, kwargs), (_, run_id, timeout) = fake_kfp.calls
+    assert host == "http://localhost:8888" and run_id == "run-1" and timeout == 60
+    assert path.endswith("pipelines/compiled/training_pipeline.yaml")
+    arguments = kwargs["arguments"]
+    assert arguments["deploy_target"] == "kubernetes" and arguments["label_noise"] == 0.5
+    assert arguments["store_uri"] == "s3://models"
+    assert arguments["service_account"] == "kserve-minio-sa"
+
+
+def test_a_failed_kfp_run_is_a_non_zero_exit_with_its_url(fake_kfp) -> None:
+    fake_kfp.final_state = "FAILED"
+    result = CliRunner().invoke(main, ["submit", "--host", "http://kfp"])
+    assert result.exit_code == 1
+    assert "error: run run-1 ended FAILED; see http://kfp/#/runs/details/run-1" in result.output
