@@ -19,7 +19,8 @@ def test_every_command_has_help(command: str) -> None:
 
 def test_get_prints_the_columns_kubectl_prints(mlops_home: Path) -> None:
     for version, canary in ((1, None), (2, 10)):
-        settings = PredictorSettings(name="breast-cancer", storage_uri=f"/s/breast-cancer/{version}",
+        settings = PredictorSettings(name="breast-cancer",
+                                     storage_uri=f"/s/breast-cancer/{version}",
                                      model_version=version, canary_traffic_percent=canary)
         deploy_inference_service(settings, "local", mlops_home)
     result = CliRunner().invoke(main, ["get", "breast-cancer"])
