@@ -11,6 +11,7 @@ that names the problem instead of a 500 from deep inside scikit-learn.
 from __future__ import annotations
 
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
-from kserve.protocol.infer_type import InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.utils.numpy_codec import from_np_dtype
 from kserve.utils.utils import get_predict_response
 
 from serving.drift import DriftMonitor
@@ -125,10 +127,28 @@ class RevisionModel(Model):
         info = current_request()
         if info is not None:
             info.rows = len(matrix)
-        response = get_predict_response(payload, result, self.name)
-        if isinstance(response, InferResponse):
-            response.model_version = self.revision.model_version
-        return response
+        if isinstance(payload, InferRequest):
+            return self._v2_response(payload, result)
+        return get_predict_response(payload, result, self.name)
+
+    def _v2_response(self, request: InferRequest, result: np.ndarray) -> InferResponse:
+        # What get_predict_response builds, but holding the array: it would turn the array into
+        # a list, and KServe's encoder turns that list back into an array and into a list
+        # again; given the array, the encoder makes the one list (or binary tensor) it needs.
+        output = InferOutput(
+            name="output-0",
+            shape=list(result.shape),
+            datatype=from_np_dtype(result.dtype),
+            data=result,
+        )
+        return InferResponse(
+            response_id=request.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=[output],
+            model_version=self.revision.model_version,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
 
     def get_input_types(self) -> list[dict[str, Any]]:
         """The v2 metadata of the one input tensor."""

@@ -281,3 +281,35 @@ def test_mlops_predict_prints_predictions_and_the_version(canary_server: Served,
     assert "version 1 answered 4 rows" in result.stdout
     printed = [int(line.split("\t")[1]) for line in result.stdout.splitlines()[1:]]
     assert printed == canary_server.models["1"].predict(frame_rows).tolist()
+
+
+def test_mlops_predict_sends_csv_columns_by_name_and_drops_the_label(
+    canary_server: Served, breast_cancer, tmp_path
+) -> None:
+    frame = breast_cancer.head(6)
+    shuffled = frame[list(reversed(frame.columns))]  # by name, not by position
+    path = tmp_path / "rows.csv"
+    shuffled.to_csv(path, index=False)
+    result = subprocess.run(
+        [MLOPS, "predict", str(path), "--url", canary_server.url, "--version", "2", "--proba"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "version 2 answered 6 rows" in result.stdout
+    printed = [[float(p) for p in line.split("\t")[1].split(", ")]
+               for line in result.stdout.splitlines()[1:]]  # fmt: skip
+    expected = canary_server.models["2"].predict_proba(canary_server.rows[:6])
+    np.testing.assert_allclose(printed, expected, atol=1e-4)
+
+
+def test_mlops_predict_says_when_no_server_answers(tmp_path) -> None:
+    path = tmp_path / "rows.json"
+    path.write_text("[[1, 2, 3]]")
+    result = subprocess.run(
+        [MLOPS, "predict", str(path), "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "cannot reach the model server at http://127.0.0.1:9" in result.stderr
