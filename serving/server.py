@@ -9,6 +9,7 @@ for request bodies that do not parse, in KServe's ``{"error": ...}`` shape.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import warnings
@@ -344,4 +345,8 @@ def run_server(settings: ServerSettings) -> None:
         enable_docs_url=False,
     )
     install(kserve.model_server.app, router, server.dataplane, settings.max_body_bytes)
+    # What is loaded now lives as long as the server: keep it out of the collector's full
+    # passes, which otherwise walk every object of KServe, FastAPI and the models.
+    gc.collect()
+    gc.freeze()
     server.start([router])
