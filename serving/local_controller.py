@@ -6,9 +6,14 @@ would: a change to the predictor creates a new revision (``<name>-predictor-0000
 last rolled-out one (tag ``prev``). The first revision takes all traffic. A revision becomes
 *rolled out* when it gets 100%. The local model server (``mlops serve``) reads this state.
 
-State lives in ``<state dir>/serving/<name>.yaml``: the InferenceService with its status, and
-the revisions (what each one serves). Writers hold a file lock and replace the file atomically,
-so a reader never sees half a state.
+A revision whose model the server cannot load is recorded as failed (``mark_revision_failed``):
+like a Knative revision that never becomes ready, it takes no traffic, the last ready revision
+keeps it, and the Ready condition says why. ``record_server`` points the status URLs at the
+running local server.
+
+State lives in ``<state dir>/serving/<name>.yaml``: the InferenceService with its status, the
+revisions (what each one serves, and why one failed), and the local server's address. Writers
+hold a file lock and replace the file atomically, so a reader never sees half a state.
 """
 
 from __future__ import annotations

@@ -184,6 +184,12 @@ class CanaryRouter(Model):
             stamp = self._state_stamp()
             if not force and stamp == self._stamp:
                 return False
+            # Remembered before reading: a state that cannot be read is reported once, and read
+            # again when the file changes, not at every poll.
+            self._stamp = stamp
+            if stamp is None and not force:
+                logger.warning("%s: the state file is gone; serving as before", self.name)
+                return False
             state = local_controller.read_state(self.name, self.state_dir)
             targets = local_controller.traffic_targets(state)
             loaded = {
