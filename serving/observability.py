@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -211,19 +211,31 @@ class ObservabilityMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     def _record(self, info: RequestInfo) -> None:
-        labels = (info.model, info.revision, info.model_version or "")
+        labels = (info.model, info.revision, info.model_version)
         code = str(info.status)
-        REQUESTS.labels(*labels, code).inc()
-        LATENCY.labels(*labels).observe(info.latency_ms / 1000)
+        _child(REQUESTS, (*labels, code)).inc()
+        _child(LATENCY, labels).observe(info.latency_ms / 1000)
         if info.status >= 400:
-            ERRORS.labels(*labels, code).inc()
+            _child(ERRORS, (*labels, code)).inc()
         elif info.rows:
-            ROWS.labels(*labels).inc(info.rows)
+            _child(ROWS, labels).inc(info.rows)
         if self.logger.isEnabledFor(logging.INFO):
-            line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), **asdict(info)}
+            line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), **vars(info)}
             if not info.error:
                 line.pop("error")
             self.logger.info(json.dumps(line, separators=(",", ":")))
+
+
+_CHILDREN: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, labels: tuple[str, ...]) -> Any:
+    """``metric.labels(*labels)``, looked up once per label set (it validates on every call)."""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
 
 
 def _default_to_json(scope: Scope, headers: dict[bytes, bytes]) -> None:

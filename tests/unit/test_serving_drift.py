@@ -36,12 +36,13 @@ def test_the_monitor_sees_training_like_rows_as_stable_and_a_shifted_feature_as_
     rows = breast_cancer[features].to_numpy(dtype=float)
     shifted = rows.copy()
     shifted[:, 0] *= 3
-    monitor.observe(rows[:300])
-    monitor.observe(rows[300:])
+    for start in range(0, len(rows), 100):
+        monitor.observe(rows[start : start + 100])
     assert monitor.rows == len(rows)
     assert max(f.psi for f in monitor.report()) < 0.01
-    monitor.observe(shifted)
-    monitor.observe(shifted)
+    for start in range(0, len(rows), 100):
+        monitor.observe(shifted[start : start + 100])
+        monitor.observe(shifted[start : start + 100])
     report = {f.feature: f for f in monitor.report()}
     assert report["mean radius"].psi > 0.25
     assert report["mean texture"].psi < 0.01
@@ -51,3 +52,11 @@ def test_the_monitor_sees_training_like_rows_as_stable_and_a_shifted_feature_as_
 def test_a_reference_missing_a_feature_is_refused() -> None:
     with pytest.raises(ValueError, match=r"no entry for features \['b'\]"):
         DriftMonitor(["a", "b"], {"features": {"a": {}}})
+
+
+def test_a_large_request_adds_an_even_sample_of_its_rows(breast_cancer: pd.DataFrame) -> None:
+    features = [c for c in breast_cancer.columns if c != "target"]
+    monitor = DriftMonitor(features, reference_statistics(breast_cancer, "target"))
+    rows = breast_cancer[features].to_numpy(dtype=float)
+    monitor.observe(np.concatenate([rows, rows]))  # 1138 rows
+    assert monitor.rows == 95  # every 12th row
