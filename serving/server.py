@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import ModelServer
-from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, PredictorProtocol
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferResponse
 from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
@@ -154,6 +156,33 @@ def _as_json(result: InferenceResponse | Response, raw_response: Response) -> Re
     return Response(result.model_dump_json(), media_type="application/json", headers=headers)
 
 
+_BODY_HEADERS = ("content-length", "content-type")
+
+
+def _rest_response(response: InferResponse) -> dict[str, Any]:
+    """The v2 JSON answer, with the keys KServe's ``InferenceResponse`` writes."""
+    outputs = []
+    for output in response.outputs:
+        data = output.data
+        outputs.append(
+            {
+                "name": output.name,
+                "shape": output.shape,
+                "datatype": output.datatype,
+                "parameters": output.parameters or None,
+                # v2 JSON tensors are flat, row-major.
+                "data": data.ravel() if isinstance(data, np.ndarray) else data,
+            }
+        )
+    return {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "id": response.id,
+        "parameters": response.parameters or None,
+        "outputs": outputs,
+    }
+
+
 class V2Routes:
     """v2 routes in front of KServe's: fast infer, and the ``/versions/{version}`` forms.
 
@@ -178,23 +207,55 @@ class V2Routes:
 
     async def infer(
         self, raw_request: Request, raw_response: Response, model_name: str
-    ) -> InferenceResponse | Response:
+    ) -> Response:
         """Infer with the revision the traffic split picks."""
         self._check(model_name, None)
         body = await read_infer_body(raw_request)
-        return _as_json(
-            await self.v2.infer(raw_request, raw_response, model_name, body), raw_response
-        )
+        return await self._answer(raw_request, raw_response, model_name, body)
 
     async def infer_version(
         self, raw_request: Request, raw_response: Response, model_name: str, model_version: str
-    ) -> InferenceResponse | Response:
+    ) -> Response:
         """Infer with one revision: a store version, a revision name, ``latest`` or ``prev``."""
         self._check(model_name, None)
         body = await read_infer_body(raw_request)
         with pinned_version(model_version):
+            return await self._answer(raw_request, raw_response, model_name, body)
+
+    async def _answer(
+        self,
+        raw_request: Request,
+        raw_response: Response,
+        model_name: str,
+        body: InferenceRequest | bytes,
+    ) -> Response:
+        if (
+            isinstance(body, bytes)
+            or body.outputs
+            or (body.parameters or {}).get("binary_data_output")
+        ):
+            # Binary tensors or chosen outputs: KServe's own handler and encoder, as they are.
             result = await self.v2.infer(raw_request, raw_response, model_name, body)
-        return _as_json(result, raw_response)
+            return _as_json(result, raw_response)
+        # KServe's handler, step by step, but the JSON answer is written by orjson from the
+        # output arrays: KServe's encoder turns each array into a list value by value, then
+        # pydantic checks and serializes that list again (a tenth of a 1000-row request).
+        if not await self.dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        headers = dict(raw_request.headers)
+        request, _ = self.dataplane.decode(
+            body, headers, protocol_version=PredictorProtocol.REST_V2.value, model_name=model_name
+        )
+        response, response_headers = await self.dataplane.infer(
+            model_name=model_name, request=request, headers=headers
+        )
+        if not isinstance(response, InferResponse):
+            raise InferenceError(f"model {model_name!r} answered {type(response).__name__}")
+        return Response(
+            orjson.dumps(_rest_response(response), option=orjson.OPT_SERIALIZE_NUMPY),
+            media_type="application/json",
+            headers={k: v for k, v in response_headers.items() if k not in _BODY_HEADERS},
+        )
 
     async def ready(self, model_name: str, model_version: str) -> dict[str, Any]:
         """Whether the version is live."""
