@@ -12,6 +12,7 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -380,15 +381,30 @@ def _configure_logging() -> None:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line before loading anything when the port is taken."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(
+                f"cannot listen on {host}:{port} ({err.strerror}): another server may be running "
+                "there; stop it or pass --port"
+            ) from err
+
+
 def run_server(settings: ServerSettings) -> None:
     """Serve ``settings.name`` from the local state until interrupted.
 
     Raises:
         local_controller.NotDeployedError: When nothing named ``settings.name`` is deployed.
         RuntimeError: When no revision could be loaded.
+        OSError: When the port is taken.
     """
     import kserve.model_server
 
+    _check_port(settings.host, settings.port)
     _configure_logging()
     local_controller.record_server(settings.name, settings.url, settings.state_dir)
     router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)

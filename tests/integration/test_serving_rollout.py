@@ -157,3 +157,15 @@ def test_serve_says_what_to_do_when_nothing_is_deployed(tmp_path: Path) -> None:
     result = mlops(tmp_path / ".mlops", "serve")
     assert result.returncode == 1
     assert "is not deployed locally" in result.stderr and "mlops run" in result.stderr
+
+
+def test_serve_says_so_when_the_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = mlops(tmp_path / ".mlops", "serve", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
