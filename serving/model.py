@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sklearn
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
@@ -117,9 +118,13 @@ class RevisionModel(Model):
         if probabilities and not hasattr(self._model, "predict_proba"):
             raise InvalidInput(f"{type(self._model).__name__} has no predict_proba")
         try:
-            result: np.ndarray = (
-                self._model.predict_proba(matrix) if probabilities else self._model.predict(matrix)
-            )
+            # request_matrix has checked every value is finite: scikit-learn need not again.
+            with sklearn.config_context(assume_finite=True):
+                result: np.ndarray = (
+                    self._model.predict_proba(matrix)
+                    if probabilities
+                    else self._model.predict(matrix)
+                )
         except Exception as err:  # scikit-learn raises many types; the server maps this to 500
             raise InferenceError(f"{self.revision.name}: {type(err).__name__}: {err}") from err
         if self.drift is not None:
