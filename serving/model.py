@@ -2,10 +2,10 @@
 
 Like KServe's sklearnserver (``python/sklearnserver/sklearnserver/model.py``): ``load()`` finds
 the model file, loads it and sets ``ready``; ``predict()`` turns the request into an array,
-predicts, and answers with KServe's ``get_predict_response`` (v2 output ``output-0``, v1
-``predictions``). Unlike it, ``load()`` goes through the project's store, which refuses a
-file whose sha256 differs from ``metadata.json``, and a bad request gets ``InvalidInput`` (400)
-that names the problem instead of a 500 from deep inside scikit-learn.
+predicts, and answers in the shapes of KServe's ``get_predict_response`` (v2 output
+``output-0``, v1 ``predictions``). Unlike it, ``load()`` goes through the project's store,
+which refuses a file whose sha256 differs from ``metadata.json``, and a bad request gets
+``InvalidInput`` (400) that names the problem instead of a 500 from deep inside scikit-learn.
 """
 
 from __future__ import annotations
