@@ -1,16 +1,15 @@
 """The local model server: KServe's ``ModelServer`` with the canary router and what it needs.
 
 KServe's own server answers v1 and v2 and ``/metrics``; this adds, on the same FastAPI app:
-the ``/versions/{version}`` routes (KServe's answer "Model versioning not supported yet"),
-the request-size limit, per-revision metrics and JSON request logs, drift gauges, and 422s
-for request bodies that do not parse, in KServe's ``{"error": ...}`` shape.
+the ``/versions/{version}`` routes and a faster infer route (``serving.routes``), the
+request-size limit, per-revision metrics and JSON request logs, drift gauges, and 422s for
+request bodies that do not parse, in KServe's ``{"error": ...}`` shape.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import socket
 import warnings
@@ -19,27 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from kserve import ModelServer
-from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, PredictorProtocol
-from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
-from kserve.protocol.infer_type import InferResponse
 from kserve.protocol.rest.server import RESTServer
-from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
-from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 
 from serving import local_controller
 from serving.observability import ObservabilityMiddleware, configure_request_log
-from serving.runtime import CanaryRouter, VersionNotFound, pinned_version
+from serving.routes import V2Routes, validation_error_handler
+from serving.runtime import CanaryRouter
 
 DEFAULT_PORT = 8080
 # About 14,000 rows of 30 features as JSON; a larger batch should be split.
@@ -115,177 +108,6 @@ class LocalModelServer(ModelServer):
             runner.run(self._serve())
 
 
-async def read_infer_body(raw_request: Request) -> InferenceRequest | bytes:
-    """The body of a v2 infer request, parsed as KServe's route would, but faster.
-
-    KServe's route lets FastAPI parse the JSON with the standard library, which takes about
-    10 ms for 1000 rows of 30 floats; orjson takes about 1.5 ms. A binary-extension body
-    (``Inference-Header-Content-Length``) stays bytes for KServe to decode.
-
-    Raises:
-        RequestValidationError: When the body is not JSON or not a v2 inference request (422).
-    """
-    body = await raw_request.body()
-    if "inference-header-content-length" in raw_request.headers:
-        return body
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as err:
-        try:
-            # NaN and Infinity literals are not JSON, but Python's json module writes them:
-            # parse them, so that the checks can say which feature is not finite.
-            data = json.loads(body)
-        except ValueError:
-            error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error"}
-            raise RequestValidationError([{**error, "ctx": {"error": err.msg}}]) from err
-    try:
-        return InferenceRequest.model_validate(data)
-    except ValidationError as err:
-        raise RequestValidationError(err.errors(include_url=False)) from err
-
-
-def _as_json(result: InferenceResponse | Response, raw_response: Response) -> Response:
-    """Serialize with pydantic in one call.
-
-    Returned as a model, FastAPI would walk it with ``jsonable_encoder`` value by value
-    (about 1.5 ms for 1000 outputs). A returned ``Response`` skips the merge of the headers
-    set on ``raw_response`` (which name the revision), so they are copied here.
-    """
-    if isinstance(result, Response):
-        return result
-    headers = {k: v for k, v in raw_response.headers.items() if k != "content-length"}
-    return Response(result.model_dump_json(), media_type="application/json", headers=headers)
-
-
-_BODY_HEADERS = ("content-length", "content-type")
-
-
-def _rest_response(response: InferResponse) -> dict[str, Any]:
-    """The v2 JSON answer, with the keys KServe's ``InferenceResponse`` writes."""
-    outputs = []
-    for output in response.outputs:
-        data = output.data
-        outputs.append(
-            {
-                "name": output.name,
-                "shape": output.shape,
-                "datatype": output.datatype,
-                "parameters": output.parameters or None,
-                # v2 JSON tensors are flat, row-major.
-                "data": data.ravel() if isinstance(data, np.ndarray) else data,
-            }
-        )
-    return {
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-        "id": response.id,
-        "parameters": response.parameters or None,
-        "outputs": outputs,
-    }
-
-
-class V2Routes:
-    """v2 routes in front of KServe's: fast infer, and the ``/versions/{version}`` forms.
-
-    KServe's own ``/versions/{version}`` handlers answer "Model versioning not supported yet";
-    these pin the request to one revision, as KServe's tag routing does in the cluster.
-    """
-
-    def __init__(self, router: CanaryRouter, dataplane: DataPlane) -> None:
-        """Answer for ``router`` through KServe's own v2 handlers."""
-        self.router = router
-        self.dataplane = dataplane
-        self.v2 = V2Endpoints(dataplane)
-
-    def _check(self, model_name: str, model_version: str | None) -> None:
-        if model_name != self.router.name:
-            raise ModelNotFound(model_name)
-        if model_version is not None and self.router.find(model_version) is None:
-            raise VersionNotFound(
-                f"model {model_name!r} has no live version {model_version!r}: live versions "
-                f"are {self.router.routes.describe()}"
-            )
-
-    async def infer(
-        self, raw_request: Request, raw_response: Response, model_name: str
-    ) -> Response:
-        """Infer with the revision the traffic split picks."""
-        self._check(model_name, None)
-        body = await read_infer_body(raw_request)
-        return await self._answer(raw_request, raw_response, model_name, body)
-
-    async def infer_version(
-        self, raw_request: Request, raw_response: Response, model_name: str, model_version: str
-    ) -> Response:
-        """Infer with one revision: a store version, a revision name, ``latest`` or ``prev``."""
-        self._check(model_name, None)
-        body = await read_infer_body(raw_request)
-        with pinned_version(model_version):
-            return await self._answer(raw_request, raw_response, model_name, body)
-
-    async def _answer(
-        self,
-        raw_request: Request,
-        raw_response: Response,
-        model_name: str,
-        body: InferenceRequest | bytes,
-    ) -> Response:
-        if (
-            isinstance(body, bytes)
-            or body.outputs
-            or (body.parameters or {}).get("binary_data_output")
-        ):
-            # Binary tensors or chosen outputs: KServe's own handler and encoder, as they are.
-            result = await self.v2.infer(raw_request, raw_response, model_name, body)
-            return _as_json(result, raw_response)
-        # KServe's handler, step by step, but the JSON answer is written by orjson from the
-        # output arrays: KServe's encoder turns each array into a list value by value, then
-        # pydantic checks and serializes that list again (a tenth of a 1000-row request).
-        if not await self.dataplane.model_ready(model_name, True):
-            raise ModelNotReady(model_name)
-        headers = dict(raw_request.headers)
-        request, _ = self.dataplane.decode(
-            body, headers, protocol_version=PredictorProtocol.REST_V2.value, model_name=model_name
-        )
-        response, response_headers = await self.dataplane.infer(
-            model_name=model_name, request=request, headers=headers
-        )
-        if not isinstance(response, InferResponse):
-            raise InferenceError(f"model {model_name!r} answered {type(response).__name__}")
-        return Response(
-            orjson.dumps(_rest_response(response), option=orjson.OPT_SERIALIZE_NUMPY),
-            media_type="application/json",
-            headers={k: v for k, v in response_headers.items() if k not in _BODY_HEADERS},
-        )
-
-    async def ready(self, model_name: str, model_version: str) -> dict[str, Any]:
-        """Whether the version is live."""
-        self._check(model_name, model_version)
-        return {"name": model_name, "ready": True}
-
-    async def metadata(self, model_name: str, model_version: str | None = None) -> dict[str, Any]:
-        """KServe's model metadata, plus the live ``versions``."""
-        self._check(model_name, model_version)
-        metadata = await self.dataplane.model_metadata(model_name)
-        versions = [model_version] if model_version else self.router.versions()
-        return {**metadata, "versions": versions}
-
-    def api_router(self) -> APIRouter:
-        """The routes, to be included before KServe registers its own (the first match wins)."""
-        routes = APIRouter(prefix="/v2/models/{model_name}", tags=["V2"])
-        routes.add_api_route("", self.metadata, methods=["GET"])
-        routes.add_api_route("/infer", self.infer, methods=["POST"], response_model=None)
-        routes.add_api_route("/versions/{model_version}", self.metadata, methods=["GET"])
-        routes.add_api_route("/versions/{model_version}/ready", self.ready, methods=["GET"])
-        routes.add_api_route(
-            "/versions/{model_version}/infer",
-            self.infer_version,
-            methods=["POST"],
-            response_model=None,
-        )
-        return routes
-
-
 class ServingCollector(Collector):
     """Traffic split and drift of the live revisions, computed when Prometheus scrapes."""
 
@@ -322,25 +144,6 @@ class ServingCollector(Collector):
         yield rows
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    """A body FastAPI cannot parse: 422 with one readable line, in KServe's error shape."""
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    parts = []
-    for error in errors:
-        location = [str(p) for p in error.get("loc", ()) if p != "body"]
-        if error.get("type") == "json_invalid":
-            detail = error.get("ctx", {}).get("error", "")
-            at = f" at character {location[0]}" if location else ""
-            parts.append(f"the body is not valid JSON{at}: {detail}")
-            break
-        if location and location[0] == "bytes":
-            continue  # the other member of KServe's Union[InferenceRequest, bytes] body
-        field = ".".join(location).removeprefix("InferenceRequest.") or "body"
-        parts.append(f"{field}: {error.get('msg')}")
-    message = "; ".join(parts[:3]) or str(exc)
-    return JSONResponse(status_code=422, content={"error": f"invalid request: {message}"})
-
-
 class _NoTracebackForBadRequests(logging.Filter):
     """KServe logs every handled error with a traceback; a client's mistake needs one line."""
 
@@ -356,7 +159,7 @@ def install(app: FastAPI, router: CanaryRouter, dataplane: DataPlane, max_body_b
     """Add the version routes, middleware and handlers to KServe's app (before it starts)."""
     app.include_router(V2Routes(router, dataplane).api_router())
     app.add_middleware(ObservabilityMiddleware, max_body_bytes=max_body_bytes)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     REGISTRY.register(ServingCollector(router))
 
 
