@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mlops.store import LocalStore, sha256_file
+from mlops.store import LocalStore, ModelStore, sha256_file
 from mlops.validation import reference_statistics
 from serving import local_controller
 from serving.deploy import deploy_inference_service
@@ -75,8 +75,14 @@ def fit(frame: pd.DataFrame, c: float) -> Pipeline:
     return model.fit(features, frame["target"].to_numpy())
 
 
-def publish(home: Path, model: Pipeline, frame: pd.DataFrame, tmp: Path) -> tuple[int, str]:
-    """Publish ``model`` as the next store version; return ``(version, storage_uri)``."""
+def publish(
+    home: Path, model: Pipeline, frame: pd.DataFrame, tmp: Path, store: ModelStore | None = None
+) -> tuple[int, str]:
+    """Publish ``model`` as the next version of ``store`` (default: the local store in ``home``).
+
+    Returns:
+        ``(version, storage_uri)``.
+    """
     path = tmp / f"model-{time.monotonic_ns()}.joblib"
     joblib.dump(model, path)
     metadata = {
@@ -84,7 +90,7 @@ def publish(home: Path, model: Pipeline, frame: pd.DataFrame, tmp: Path) -> tupl
         "feature_names": [c for c in frame.columns if c != "target"],
         "reference_statistics": reference_statistics(frame, "target"),
     }
-    store = LocalStore(home / "store")
+    store = store or LocalStore(home / "store")
     version = store.publish(NAME, path, metadata)
     return version, store.version_uri(NAME, version)
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
-import joblib
 import pandas as pd
 import pytest
 
-from mlops.store import open_store, sha256_file
-from mlops.validation import reference_statistics
+from mlops.store import open_store
 from tests.integration.s3_server import S3Server
-from tests.integration.serving_helpers import NAME, deploy, fit, start_server, v2_body
+from tests.integration.serving_helpers import NAME, deploy, fit, publish, start_server, v2_body
 
 
 def test_a_revision_on_s3_is_served_with_its_own_predictions(
@@ -26,18 +23,10 @@ def test_a_revision_on_s3_is_served_with_its_own_predictions(
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)  # read by the store here and by the server process
     model = fit(breast_cancer, 1.0)
-    path = tmp_path / f"model-{time.monotonic_ns()}.joblib"
-    joblib.dump(model, path)
-    metadata = {
-        "sha256": sha256_file(path),
-        "feature_names": [c for c in breast_cancer.columns if c != "target"],
-        "reference_statistics": reference_statistics(breast_cancer, "target"),
-    }
-    store = open_store(f"s3://models/serving-{os.getpid()}")
-    version = store.publish(NAME, path, metadata)
-    uri = store.version_uri(NAME, version)
-    assert uri.startswith("s3://models/")
     home = tmp_path / ".mlops"
+    store = open_store(f"s3://models/serving-{os.getpid()}")
+    version, uri = publish(home, model, breast_cancer, tmp_path, store=store)
+    assert uri.startswith("s3://models/")
     deploy(home, version, uri)
     server = start_server(home)
     try:
