@@ -7,6 +7,9 @@ the one in canary.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +19,43 @@ _STORE_VERSION_TAG = "store_version"
 _STORAGE_URI_TAG = "storage_uri"
 
 
+def _is_missing(err: Exception) -> bool:
+    """Whether MLflow said "no such model/alias" (not: the server is down, access denied ...).
+
+    Only that may read as "no champion": an unreachable tracking server must fail the step
+    rather than let a model deploy without the comparison.
+    """
+    return getattr(err, "error_code", None) in (
+        "RESOURCE_DOES_NOT_EXIST",
+        "INVALID_PARAMETER_VALUE",
+    )
+
+
 def _client(tracking_uri: str) -> Any:
-    # Note: mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to this process's
-    # environment; one process works against one tracking store.
-    import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextlib.contextmanager
+def _fluent_tracking(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (``start_run``, ``log_model``) at ``tracking_uri`` for a while.
+
+    ``mlflow.set_tracking_uri`` is process-wide and exports ``MLFLOW_TRACKING_URI`` to the
+    environment (and so to every later subprocess); both are put back afterwards.
+    """
+    import mlflow
+
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        mlflow.set_tracking_uri(previous_env)  # type: ignore[arg-type]  # None: the default
 
 
 def log_training_run(
@@ -40,10 +72,18 @@ def log_training_run(
     import sklearn
 
     client = _client(tracking_uri)
-    if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri))
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(tags=tags) as run:
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found is not None
+        else client.create_experiment(
+            experiment, artifact_location=_artifact_location(tracking_uri)
+        )
+    )
+    with (
+        _fluent_tracking(tracking_uri),
+        mlflow.start_run(experiment_id=experiment_id, tags=tags) as run,
+    ):
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)
         # Explicit requirements: MLflow's inference of them imports the model in a subprocess.
@@ -70,9 +110,13 @@ def register_version(
 ) -> str:
     """Register the run's model as a new version of ``model_name``; return the MLflow version."""
     client = _client(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
     try:
         client.get_registered_model(model_name)
-    except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST)
+    except MlflowException as err:
+        if not _is_missing(err):
+            raise
         client.create_registered_model(model_name)
     version = client.create_model_version(
         model_name,
@@ -85,12 +129,17 @@ def register_version(
 
 def storage_uri_of_alias(tracking_uri: str, model_name: str, alias: str) -> str | None:
     """The ``storage_uri`` of the version holding ``alias``, or ``None`` when none does."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(tracking_uri)
     try:
         version = client.get_model_version_by_alias(model_name, alias)
-    except Exception:  # no such model or alias
-        return None
-    return str(version.tags.get(_STORAGE_URI_TAG)) or None
+    except MlflowException as err:
+        if _is_missing(err):
+            return None
+        raise
+    uri = version.tags.get(_STORAGE_URI_TAG)
+    return str(uri) if uri else None
 
 
 def move_alias(tracking_uri: str, model_name: str, store_version: int | str, alias: str) -> None:
@@ -105,11 +154,14 @@ def move_alias(tracking_uri: str, model_name: str, store_version: int | str, ali
 
 def drop_alias(tracking_uri: str, model_name: str, alias: str) -> None:
     """Remove ``alias`` if it is set."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(tracking_uri)
     try:
         client.delete_registered_model_alias(model_name, alias)
-    except Exception:  # alias or model does not exist
-        return
+    except MlflowException as err:
+        if not _is_missing(err):
+            raise
 
 
 def version_of_run(tracking_uri: str, model_name: str, run_id: str) -> tuple[int, str] | None:

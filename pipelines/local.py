@@ -14,7 +14,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,7 +43,6 @@ class LocalRunSummary:
     storage_uri: str | None = None
     isvc_name: str | None = None
     log_file: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def local_arguments(overrides: dict[str, Any], state_dir: Path) -> dict[str, Any]:
