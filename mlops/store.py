@@ -8,6 +8,7 @@ complete only when its ``metadata.json`` exists (it is written last).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -232,8 +233,6 @@ class S3Store:
         return [int(n) for n in names if n.isdigit()]
 
     def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102
-        from minio.error import S3Error
-
         version = max(self._taken_versions(model_name), default=0) + 1
         body = json.dumps(metadata, indent=2, sort_keys=True).encode()
         model_key = self._key(model_name, version, MODEL_FILE)
@@ -247,8 +246,10 @@ class S3Store:
                 len(body),
                 content_type="application/json",
             )
-        except (S3Error, OSError) as err:
-            self._client.remove_object(self.bucket, model_key)
+        except Exception as err:  # S3Error, OSError, or urllib3's errors for a dead endpoint
+            # Best effort: a half-written version has no metadata.json, so it is never listed.
+            with contextlib.suppress(Exception):
+                self._client.remove_object(self.bucket, model_key)
             raise StoreError(
                 f"could not write {self.version_uri(model_name, version)}: {err}"
             ) from err
