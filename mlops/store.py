@@ -163,7 +163,8 @@ class LocalStore:
         return dest
 
     def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
-        return f"{self.uri}/{model_name}/{version}"
+        # file://: KServe's webhook accepts only storageUri schemes it knows, not a bare path.
+        return f"file://{self.uri}/{model_name}/{version}"
 
 
 class S3Store:

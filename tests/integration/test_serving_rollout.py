@@ -95,7 +95,7 @@ def test_a_canary_whose_file_is_corrupt_leaves_the_previous_revision_serving(
     server = start_server(home)
     try:
         version, uri = publish(home, fit(breast_cancer, 0.001), breast_cancer, tmp_path)
-        with open(Path(uri) / "model.joblib", "ab") as model_file:
+        with open(Path(uri.removeprefix("file://")) / "model.joblib", "ab") as model_file:
             model_file.write(b"changed after upload")
         deploy(home, version, uri, canary=50)
 
@@ -143,7 +143,7 @@ def test_serve_refuses_to_start_when_no_revision_loads(
 ) -> None:
     home = tmp_path / ".mlops"
     version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path)
-    (Path(uri) / "model.joblib").write_bytes(b"not a model")
+    (Path(uri.removeprefix("file://")) / "model.joblib").write_bytes(b"not a model")
     deploy(home, version, uri)
     started = time.monotonic()
     result = mlops(home, "serve", "--port", "1")

@@ -91,7 +91,7 @@ def test_a_revision_that_fails_to_load_is_marked_failed_and_gets_no_traffic(
     home, _ = two_versions
     state = local_controller.read_state(NAME, home)
     canary = state["revisions"][f"{NAME}-predictor-00002"]["storageUri"]
-    (Path(canary) / "model.joblib").write_bytes(b"tampered")
+    (Path(canary.removeprefix("file://")) / "model.joblib").write_bytes(b"tampered")
     router = CanaryRouter(NAME, home)
     router.load()
     assert [r.model.revision.model_version for r in router.routes.routes] == ["1"]
