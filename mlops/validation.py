@@ -77,6 +77,15 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def bin_counts(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Count ``values`` in the bins that the inner ``edges`` make (``len(edges) + 1`` bins).
+
+    The one binning rule: the training reference and the served-input drift monitor must count
+    a value on an edge into the same bin, or PSI measures the rule instead of the data.
+    """
+    return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+
 def reference_statistics(frame: pd.DataFrame, label_column: str) -> dict[str, Any]:
     """Per-feature statistics of the training data, the reference that drift is measured against.
 
@@ -88,7 +97,7 @@ def reference_statistics(frame: pd.DataFrame, label_column: str) -> dict[str, An
     for column in (c for c in frame.columns if c != label_column):
         values = frame[column].to_numpy(dtype=float)
         edges = np.unique(np.quantile(values, np.linspace(0, 1, REFERENCE_BINS + 1)[1:-1]))
-        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        counts = bin_counts(edges, values)
         stats[column] = {
             "mean": float(values.mean()),
             "std": float(values.std()),

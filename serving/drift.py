@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mlops.validation import bin_counts
+
 STABLE = 0.1
 SIGNIFICANT = 0.25
 # An empty bin would make ln(0); a small floor keeps PSI finite and barely moves it.
@@ -114,8 +116,7 @@ class DriftMonitor:
         batch = np.concatenate(self._pending)
         self._pending, self._pending_rows = [], 0
         for column, edges in enumerate(self._edges):
-            bins = np.searchsorted(edges, batch[:, column], side="right")
-            self._counts[column] += np.bincount(bins, minlength=len(edges) + 1)
+            self._counts[column] += bin_counts(edges, batch[:, column])
         self._sums += batch.sum(axis=0)
         self._rows += len(batch)
 
