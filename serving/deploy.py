@@ -40,9 +40,10 @@ def deploy_inference_service(
         return local_controller.apply(build_inference_service(settings), state_dir)
     from serving import kubernetes_target
 
-    if not kubernetes_target.exists(settings.name, settings.namespace):
+    first = not kubernetes_target.exists(settings.name, settings.namespace)
+    if first:
         settings = _first_deploy(settings)
-    return kubernetes_target.apply(build_inference_service(settings), timeout_s)
+    return kubernetes_target.apply(build_inference_service(settings), timeout_s, create=first)
 
 
 def _first_deploy(settings: PredictorSettings) -> PredictorSettings:

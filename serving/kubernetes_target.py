@@ -133,12 +133,16 @@ def _write_and_wait(
     return _get(client, name, namespace)
 
 
-def apply(isvc: V1beta1InferenceService, timeout_s: int) -> dict[str, Any]:
+def apply(
+    isvc: V1beta1InferenceService, timeout_s: int, *, create: bool | None = None
+) -> dict[str, Any]:
     """Create or replace ``isvc``, wait until its new generation is Ready, return it.
 
     Args:
         isvc: The InferenceService to apply (its metadata names the namespace).
         timeout_s: Seconds to wait for the new generation to become Ready.
+        create: Whether it is new, when the caller already knows (saves a lookup);
+            ``None`` looks it up.
 
     Returns:
         The InferenceService as the API returns it after it became Ready.
@@ -147,7 +151,8 @@ def apply(isvc: V1beta1InferenceService, timeout_s: int) -> dict[str, Any]:
         RuntimeError: When the API refuses the object or it does not become Ready in time.
     """
     client = _client()
-    create = not _exists(client, isvc.metadata.name, isvc.metadata.namespace)
+    if create is None:
+        create = not _exists(client, isvc.metadata.name, isvc.metadata.namespace)
     return _write_and_wait(client, isvc, create, timeout_s)
 
 
@@ -171,12 +176,9 @@ def set_canary_percent(
         LookupError: When the InferenceService does not exist.
         RuntimeError: When the API refuses the change or it does not become Ready in time.
     """
-    from serving.inference_service import from_dict
+    from serving.inference_service import check_canary_percent, from_dict
 
-    if percent is not None and not 0 <= percent <= 100:
-        raise ValueError(
-            f"canary percent must be within 0..100 (or None to promote), got {percent}"
-        )
+    check_canary_percent(percent)
     client = _client()
     isvc = from_dict(_get(client, name, namespace))
     # The server owns status and managedFields; resourceVersion stays, so a concurrent change
