@@ -24,6 +24,18 @@ MODEL_VERSION_LABEL = "mlops.example.com/model-version"
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+def check_canary_percent(percent: int | None) -> None:
+    """Refuse a ``canaryTrafficPercent`` outside 0..100 (``None`` removes the field).
+
+    Raises:
+        ValueError: Naming the field and the allowed range.
+    """
+    if percent is not None and not 0 <= percent <= 100:
+        raise ValueError(
+            f"canary_traffic_percent must be within 0..100 (or None to promote), got {percent}"
+        )
+
+
 @dataclass(frozen=True)
 class PredictorSettings:
     """What the predictor of a deployed model looks like.
@@ -58,9 +70,7 @@ class PredictorSettings:
                 f"name {self.name!r} is not a valid InferenceService name: use lowercase "
                 "letters, digits and '-', starting with a letter (at most 63 characters)"
             )
-        percent = self.canary_traffic_percent
-        if percent is not None and not 0 <= percent <= 100:
-            raise ValueError(f"canary_traffic_percent must be within 0..100, got {percent}")
+        check_canary_percent(self.canary_traffic_percent)
         if not self.storage_uri:
             raise ValueError("storage_uri is empty: it must name the model version directory")
 

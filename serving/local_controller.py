@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from serving.inference_service import to_dict
+from serving.inference_service import check_canary_percent, to_dict
 
 
 class NotDeployedError(LookupError):
@@ -119,8 +119,7 @@ def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[
     Raises:
         ValueError: When ``percent`` is outside 0..100.
     """
-    if percent is not None and not 0 <= percent <= 100:
-        raise ValueError(f"canaryTrafficPercent must be within 0..100, got {percent}")
+    check_canary_percent(percent)
     path = state_path(name, state_dir)
     with _locked(path):
         state = read_state(name, state_dir)
