@@ -38,6 +38,8 @@ REJECTED = Counter(
 )
 # How long a keep-alive connection idle at shutdown may still deliver a request already sent.
 _DRAIN_IDLE_S = 1.0
+# How often the deadlines are checked: a slow request is cut off up to this much late.
+_SWEEP_S = 0.25
 # File descriptors kept for everything that is not a client connection (models, logs, state).
 _RESERVED_FDS = 64
 
@@ -120,11 +122,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limits: ConnectionLimits = ConnectionLimits()
     # Connections waiting for their client, oldest first (a dict keeps insertion order).
     waiting: dict[BoundedHttpToolsProtocol, None] = {}
+    # One timer per server checks the deadlines, rather than a timer per request and phase.
+    sweeper: asyncio.TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Create the protocol for one connection (uvicorn's arguments)."""
         super().__init__(*args, **kwargs)
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._deadline_reason = ""
         self._header_bytes = 0
         self._in_headers = True
         self._request_begun = False
@@ -145,6 +150,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             oldest._close()
         self._wait_for_client()
         self._arm(self.limits.header_timeout_s, "header_timeout")
+        if type(self).sweeper is None:
+            type(self)._sweep(self.loop, self.connections)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection."""
@@ -163,13 +170,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # Deadlines.
     def _arm(self, seconds: float, reason: str) -> None:
-        self._cancel()
-        self._deadline = self.loop.call_later(seconds, self._timed_out, reason)
+        self._deadline = self.loop.time() + seconds
+        self._deadline_reason = reason
 
     def _cancel(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        """Time out the waiting connections past their deadline; runs while any is open."""
+        now = loop.time()
+        late = [c for c in cls.waiting if c._deadline is not None and c._deadline <= now]
+        for connection in late:
+            connection._timed_out(connection._deadline_reason)
+        if connections:
+            cls.sweeper = loop.call_later(_SWEEP_S, cls._sweep, loop, connections)
+        else:
+            cls.sweeper = None
 
     def _timed_out(self, reason: str) -> None:
         self._deadline = None
@@ -269,5 +286,5 @@ def bounded_protocol(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"limits": limits, "waiting": {}},
+        {"limits": limits, "waiting": {}, "sweeper": None},
     )
