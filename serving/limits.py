@@ -65,15 +65,18 @@ class ConnectionLimits:
     def __post_init__(self) -> None:
         if not 1024 <= self.max_header_bytes <= 1024 * 1024:
             raise ValueError(
-                f"max_header_bytes must be within 1024..1048576, got {self.max_header_bytes}"
+                "the header size limit (--max-header-bytes) must be within 1024..1048576, "
+                f"got {self.max_header_bytes}"
             )
-        for name in ("header_timeout_s", "body_timeout_s"):
-            value = getattr(self, name)
+        for option, value in (
+            ("--header-timeout", self.header_timeout_s),
+            ("--body-timeout", self.body_timeout_s),
+        ):
             if not 0 < value <= 3600:
-                raise ValueError(f"{name} must be within (0, 3600] seconds, got {value}")
+                raise ValueError(f"{option} must be within (0, 3600] seconds, got {value}")
         if not 1 <= self.max_connections <= 100_000:
             raise ValueError(
-                f"max_connections must be within 1..100000, got {self.max_connections}"
+                f"--max-connections must be within 1..100000, got {self.max_connections}"
             )
 
 

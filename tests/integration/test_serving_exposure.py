@@ -164,6 +164,9 @@ def test_serve_refuses_a_non_loopback_host_without_a_token(tmp_path: Path) -> No
     short = mlops(tmp_path / ".mlops", "serve", "--port", port, MLOPS_SERVING_TOKEN="short")
     assert short.returncode == 1
     assert "the auth token from MLOPS_SERVING_TOKEN must be at least 16" in short.stderr
+    no_time = mlops(tmp_path / ".mlops", "serve", "--port", port, "--header-timeout", "0")
+    assert no_time.returncode == 1
+    assert "error: --header-timeout must be within (0, 3600] seconds" in no_time.stderr
 
 
 def metric_lines(url: str) -> tuple[int, int]:
