@@ -32,9 +32,10 @@ from kserve.protocol.rest.server import RESTServer
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from serving import local_controller
-from serving.auth import AuthMiddleware, check_exposure
+from serving.auth import AuthMiddleware, check_exposure, is_loopback
 from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_limit
 from serving.observability import ObservabilityMiddleware, configure_request_log
 from serving.routes import V2Routes, validation_error_handler
@@ -194,6 +195,10 @@ class _NoTracebackForBadRequests(logging.Filter):
         return True
 
 
+# The Host a browser sends to a loopback server. Any other name reaching it is DNS rebinding: a web
+# page whose own host name now resolves to 127.0.0.1, which the browser treats as same-origin.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
 _REPOSITORY_REFUSED = (
     "the model repository extension is not served here: the revisions follow the "
     "InferenceService (mlops run deploys, mlops promote / rollback move traffic)"
@@ -210,11 +215,13 @@ def install(
     dataplane: DataPlane,
     max_body_bytes: int,
     auth_token: str | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     """Add the version routes, middleware and handlers to KServe's app (before it starts).
 
     Registered before KServe's own routes, the ``/v2/repository/...`` route here is the one
-    that matches: KServe's load/unload handlers are never reached.
+    that matches: KServe's load/unload handlers are never reached. Bound to loopback, the
+    server answers only requests addressed to a loopback name (400 otherwise).
     """
     app.add_api_route(
         "/v2/repository/{path:path}",
@@ -224,6 +231,8 @@ def install(
     )
     app.include_router(V2Routes(router, dataplane).api_router())
     # The last added runs first: requests are logged and counted, then authenticated.
+    if is_loopback(host):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     app.add_middleware(AuthMiddleware, token=auth_token)
     app.add_middleware(
         ObservabilityMiddleware,
@@ -334,6 +343,7 @@ def run_server(settings: ServerSettings) -> None:
         server.dataplane,
         settings.max_body_bytes,
         settings.auth_token,
+        settings.host,
     )
     # What is loaded now lives as long as the server: keep it out of the collector's full
     # passes, which otherwise walk every object of KServe, FastAPI and the models.

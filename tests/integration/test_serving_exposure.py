@@ -74,6 +74,19 @@ def test_no_request_can_unload_the_model_not_even_a_cross_site_form(canary_serve
     assert "model_repository_extension" not in extensions
 
 
+def test_a_loopback_server_answers_only_requests_addressed_to_loopback(
+    canary_server: Served,
+) -> None:
+    body = v2_body(canary_server.rows[:1])
+    # DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1.
+    rebound = httpx.post(canary_server.infer_url(), json=body, headers={"host": "evil.example"})
+    assert rebound.status_code == 400 and rebound.text == "Invalid host header"
+    port = canary_server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        answer = httpx.post(canary_server.infer_url(), json=body, headers={"host": host})
+        assert answer.status_code == 200, host
+
+
 def test_readiness_is_false_exactly_when_no_revision_takes_traffic(
     tmp_path: Path, breast_cancer: pd.DataFrame
 ) -> None:
@@ -272,7 +285,7 @@ def test_slow_clients_do_not_starve_a_client_that_sends_its_request(
     async def slow_body() -> bytes:
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
-            b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: x\r\n"
+            b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: 127.0.0.1\r\n"
             b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
         )
         return await asyncio.wait_for(reader.read(4096), 10)
