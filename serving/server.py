@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
@@ -209,6 +210,15 @@ async def _no_repository(request: Request) -> JSONResponse:
     return JSONResponse({"error": _REPOSITORY_REFUSED}, status_code=404)
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """A body cut off (the client left, or ``serving.limits`` timed it out): no traceback.
+
+    Nothing reaches the client; the status and error are for the request log.
+    """
+    error = "the request body did not arrive in full: the client disconnected or was too slow"
+    return JSONResponse({"error": error}, status_code=408)
+
+
 def install(
     app: FastAPI,
     router: CanaryRouter,
@@ -240,6 +250,7 @@ def install(
         model_names=frozenset({router.name}),
     )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     REGISTRY.register(ServingCollector(router))
 
 

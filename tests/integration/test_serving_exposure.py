@@ -319,6 +319,12 @@ def test_slow_clients_do_not_starve_a_client_that_sends_its_request(
     assert outcomes["408"] > 0, outcomes
     assert body_answer.startswith(b"HTTP/1.1 408"), body_answer
     assert b"request body not received within 2 s" in body_answer
+    # Cut-off requests are one log line each, not tracebacks.
+    assert "Traceback" not in server.errors.read_text()
+    assert any(
+        line["status"] == 408 and "did not arrive in full" in line["error"]
+        for line in map(json.loads, server.log.read_text().splitlines())
+    )
 
 
 def test_sigterm_answers_requests_on_keep_alive_connections_then_exits(
