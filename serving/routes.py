@@ -25,7 +25,7 @@ from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import ValidationError
 
 from serving.inputs import HEADER_LENGTH, check_binary_request
-from serving.runtime import CanaryRouter, VersionNotFound, pinned_version
+from serving.runtime import CanaryRouter, RevisionUnavailable, VersionNotFound, pinned_version
 
 
 async def read_infer_body(raw_request: Request) -> InferenceRequest | bytes:
@@ -230,3 +230,13 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
         parts.append(f"{field}: {error.get('msg')}")
     message = "; ".join(parts[:3]) or str(exc)
     return JSONResponse(status_code=422, content={"error": f"invalid request: {message}"})
+
+
+async def revision_unavailable_handler(_: Request, exc: Exception) -> JSONResponse:
+    """A request routed to a revision that failed to load: 503, and when to try again."""
+    retry_after = exc.retry_after_s if isinstance(exc, RevisionUnavailable) else 1.0
+    return JSONResponse(
+        status_code=503,
+        content={"error": str(exc)},
+        headers={"Retry-After": str(int(retry_after))},
+    )
