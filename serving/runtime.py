@@ -211,6 +211,8 @@ class CanaryRouter(Model):
         while not self._stop.wait(self.poll_interval_s):
             try:
                 self.refresh(force=self.retry_due())
+            except local_controller.StateFileError as err:  # the message says it all
+                logger.error("%s; serving as before", err)
             except Exception:  # keep serving the last good routes whatever the state file holds
                 logger.exception("could not apply the state of %s; serving as before", self.name)
 

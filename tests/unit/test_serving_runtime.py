@@ -199,3 +199,16 @@ def test_a_failed_load_is_not_retried_before_its_time(
     assert router.refresh()
     assert router._failures[canary].attempts == attempts
     assert [(r.percent, bool(r.failure)) for r in router.routes.routes] == [(20, True), (80, False)]
+
+
+def test_a_corrupt_state_file_leaves_the_router_serving_as_before(
+    two_versions: tuple[Path, dict[str, object]],
+) -> None:
+    home, _ = two_versions
+    router = CanaryRouter(NAME, home)
+    router.load()
+    before = router.routes
+    local_controller.state_path(NAME, home).write_text("- not a state\n")
+    with pytest.raises(local_controller.StateFileError, match="delete it and deploy again"):
+        router.refresh()
+    assert router.routes is before and router.ready
