@@ -120,3 +120,20 @@ def test_a_start_without_the_store_leaves_no_lasting_failure(
         assert state["inferenceService"]["status"]["conditions"][0]["status"] == "True"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("command", [("get",), ("promote",), ("rollback",), ("serve",)])
+def test_a_corrupt_state_file_gives_one_line_naming_the_file_and_the_fix(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    home = tmp_path / ".mlops"
+    state_file = home / "serving" / f"{NAME}.yaml"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text("inferenceService: {}\nrevisions: {}\n")
+    args = (*command, "--port", str(free_port())) if command == ("serve",) else command
+    result = mlops(home, *args)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert str(state_file) in line and "delete it and deploy again with `mlops run`" in line
+    assert state_file.read_text() == "inferenceService: {}\nrevisions: {}\n"
