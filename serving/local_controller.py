@@ -121,7 +121,7 @@ def _need(value: Any, kind: type | tuple[type, ...], where: str, path: Path) -> 
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         names = {dict: "a mapping", list: "a list", str: "a string", int: "a whole number"}
         expected = names.get(kind, "a value") if isinstance(kind, type) else "a string or number"
-        found = "missing" if value is None else f"a {type(value).__name__}"
+        found = "nothing" if value is None else f"a {type(value).__name__}"
         raise StateFileError(path, f"{where} must be {expected}, found {found}")
     return value
 
@@ -142,6 +142,9 @@ def check_state(state: Any, path: Path) -> None:
     spec = _need(isvc.get("spec"), dict, "'inferenceService.spec'", path)
     predictor = _need(spec.get("predictor"), dict, "'inferenceService.spec.predictor'", path)
     _need(predictor.get("model"), dict, "'inferenceService.spec.predictor.model'", path)
+    canary = predictor.get("canaryTrafficPercent")
+    if canary is not None and not 0 <= _need(canary, int, "'canaryTrafficPercent'", path) <= 100:
+        raise StateFileError(path, "'canaryTrafficPercent' must be within 0..100")
     revisions = _need(state.get("revisions"), dict, "'revisions'", path)
     for revision, info in revisions.items():
         where = f"'revisions.{revision}'"
@@ -157,6 +160,7 @@ def check_state(state: Any, path: Path) -> None:
     predictor_status = _need(
         components.get("predictor"), dict, "'status.components.predictor'", path
     )
+    _need(predictor_status.get("latestCreatedRevision"), str, "'latestCreatedRevision'", path)
     for key in ("latestCreatedRevision", "latestRolledoutRevision", "previousRolledoutRevision"):
         value = predictor_status.get(key)
         if value is not None and value not in revisions:

@@ -121,12 +121,13 @@ def test_clearing_a_failure_makes_the_service_ready_again(tmp_path: Path) -> Non
 CORRUPT_STATES = {
     "not-yaml": ("inferenceService: [unclosed", "not YAML"),
     "not-a-mapping": ("- 1\n- 2\n", "the file must be a mapping, found a list"),
-    "empty": ("", "the file must be a mapping, found missing"),
+    "empty": ("", "the file must be a mapping, found nothing"),
     "no-inference-service": ("revisions: {}\n", "'inferenceService' must be a mapping"),
     "no-revisions": (None, "'revisions' must be a mapping"),
     "no-status": (None, "'inferenceService.status' must be a mapping"),
     "percent-not-a-number": (None, r"traffic\[0\]'.percent must be a whole number, found a str"),
     "unknown-revision": (None, r"traffic\[0\]'.revisionName names no revision"),
+    "canary-not-a-number": (None, "'canaryTrafficPercent' must be a whole number, found a str"),
 }
 
 
@@ -138,6 +139,8 @@ def _corrupt(state: dict, case: str) -> None:
     elif case == "percent-not-a-number":
         traffic = state["inferenceService"]["status"]["components"]["predictor"]["traffic"]
         traffic[0]["percent"] = "x"
+    elif case == "canary-not-a-number":
+        state["inferenceService"]["spec"]["predictor"]["canaryTrafficPercent"] = "ten"
     elif case == "unknown-revision":
         traffic = state["inferenceService"]["status"]["components"]["predictor"]["traffic"]
         traffic[0]["revisionName"] = "m-predictor-00009"
