@@ -186,8 +186,15 @@ class V2Routes:
         )
 
     async def ready(self, model_name: str, model_version: str) -> dict[str, Any]:
-        """Whether the version is live."""
+        """Whether the version is live: 503, as KServe answers a model not ready, when it failed.
+
+        Raises:
+            RevisionUnavailable: When the version's model failed to load.
+        """
         self._check(model_name, model_version)
+        route = self.router.find(model_version)
+        if route is not None and route.failure:
+            raise self.router.unavailable(route)
         return {"name": model_name, "ready": True}
 
     async def metadata(self, model_name: str, model_version: str | None = None) -> dict[str, Any]:

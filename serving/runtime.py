@@ -335,6 +335,18 @@ class CanaryRouter(Model):
         local_controller.mark_revision_failed(self.name, revision, reason, self.state_dir)
         return True
 
+    def unavailable(self, route: Route) -> RevisionUnavailable:
+        """The 503 for a request that reached a revision whose model failed to load."""
+        revision = route.model.revision
+        retry_after = self.next_retry_s(revision.name)
+        return RevisionUnavailable(
+            self.name,
+            f"Revision {revision.name!r} (model version {revision.model_version}, "
+            f"{route.tag}, {route.percent}% of traffic) failed to load: {route.failure}. "
+            f"Loading it again within {retry_after:.0f} s; `mlops get` shows the status.",
+            retry_after,
+        )
+
     def next_retry_s(self, revision: str) -> float:
         """Seconds until the next load of a failed ``revision`` (at least 1)."""
         failure = self._failures.get(revision)
@@ -368,14 +380,7 @@ class CanaryRouter(Model):
                 raise ModelNotReady(self.name, "No revision takes traffic; see `mlops get`.")
         revision = route.model.revision
         if route.failure:
-            retry_after = self.next_retry_s(revision.name)
-            raise RevisionUnavailable(
-                self.name,
-                f"Revision {revision.name!r} (model version {revision.model_version}, "
-                f"{route.tag}, {route.percent}% of traffic) failed to load: {route.failure}. "
-                f"Loading it again within {retry_after:.0f} s; `mlops get` shows the status.",
-                retry_after,
-            )
+            raise self.unavailable(route)
         info = current_request()
         if info is not None:
             info.revision, info.model_version = revision.name, revision.model_version

@@ -132,6 +132,9 @@ def test_a_canary_whose_file_is_corrupt_keeps_its_share_and_answers_503_naming_i
             pinned = http.post(f"{server.url}/v2/models/{NAME}/versions/2/infer", json=rows)
             assert pinned.status_code == 503 and int(pinned.headers["retry-after"]) >= 1
             assert "Revision 'breast-cancer-predictor-00002'" in pinned.json()["error"]
+            ready = http.get(f"{server.url}/v2/models/{NAME}/versions/2/ready")
+            assert ready.status_code == 503 and "failed to load" in ready.json()["error"]
+            assert http.get(f"{server.url}/v2/models/{NAME}/versions/1/ready").status_code == 200
         table = mlops(home, "get").stdout.splitlines()
         assert table[1].split()[2] == "False"  # READY, as kubectl get isvc would show it
         promote = mlops(home, "promote")
