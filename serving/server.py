@@ -31,8 +31,8 @@ from prometheus_client.registry import Collector
 
 from serving import local_controller
 from serving.observability import ObservabilityMiddleware, configure_request_log
-from serving.routes import V2Routes, validation_error_handler
-from serving.runtime import CanaryRouter
+from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
+from serving.runtime import CanaryRouter, RevisionUnavailable
 
 DEFAULT_PORT = 8080
 # About 14,000 rows of 30 features as JSON; a larger batch should be split.
@@ -160,6 +160,7 @@ def install(app: FastAPI, router: CanaryRouter, dataplane: DataPlane, max_body_b
     app.include_router(V2Routes(router, dataplane).api_router())
     app.add_middleware(ObservabilityMiddleware, max_body_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(RevisionUnavailable, revision_unavailable_handler)
     REGISTRY.register(ServingCollector(router))
 
 
