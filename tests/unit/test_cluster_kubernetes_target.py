@@ -178,7 +178,7 @@ def test_a_deploy_retried_after_a_slow_first_rollout_returns_once_the_revision_i
     percent: int, cluster: FakeCluster, tmp_path: Path
 ) -> None:
     cluster.slow_uris[_uri(1)] = 10_000
-    with pytest.raises(RuntimeError, match=r"was not rolled out within 1s: revision .* not ready"):
+    with pytest.raises(RuntimeError, match=r"within 1s"):
         _deploy(1, tmp_path, timeout_s=1)
     cluster.start_after(3)
 
