@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import numpy as np
+import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve.utils.numpy_codec import to_np_dtype
@@ -35,6 +36,11 @@ NUMERIC_DATATYPES = (
 PROBA_PARAMETER = "predict_proba"
 PROBA_ENV = "PREDICT_PROBA"
 _TRUE = ("1", "true", "yes", "on")
+# The binary-data extension's header: the byte length of the JSON that starts the body.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# Names from the request are quoted in messages only this far: a message is logged, and a
+# tensor name is the one part of a request that could carry anything.
+_NAME_CHARS = 40
 
 
 def wants_probabilities(payload: dict[str, Any] | InferRequest) -> bool:
@@ -61,7 +67,108 @@ def wants_probabilities(payload: dict[str, Any] | InferRequest) -> bool:
         return value
     if isinstance(value, str) and value.lower() in (*_TRUE, "0", "false", "no", "off"):
         return value.lower() in _TRUE
-    raise InvalidInput(f"parameter {PROBA_PARAMETER!r} must be true or false, got {value!r}")
+    raise InvalidInput(
+        f"parameter {PROBA_PARAMETER!r} must be true or false, got {type(value).__name__}"
+    )
+
+
+def check_binary_request(body: bytes, header_length: str) -> None:
+    """Check a binary-extension request fully, so KServe's decoder can only succeed on it.
+
+    KServe's ``InferRequest.from_bytes`` trusts the header and the sizes it names: a length that
+    is not a number, a size that does not match the shape, or a header that is not a v2 request
+    there end as a 500 from ``int()``, ``reshape`` or a ``KeyError``.
+
+    Args:
+        body: The whole request body: the JSON header, then the binary tensors.
+        header_length: The value of the ``Inference-Header-Content-Length`` header.
+
+    Raises:
+        InvalidInput: Naming the header, field or tensor that is wrong (never a value).
+    """
+    if not (header_length.isascii() and header_length.isdigit()) or not (
+        0 < int(header_length) <= len(body)
+    ):
+        raise InvalidInput(
+            f"header {HEADER_LENGTH!r} must be the byte length of the JSON header at the start "
+            f"of the body: a whole number from 1 to the body size ({len(body)} bytes)"
+        )
+    json_length = int(header_length)
+    try:
+        header = orjson.loads(body[:json_length])
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(
+            f"the JSON header (the first {json_length} bytes, per {HEADER_LENGTH!r}) is not "
+            f"valid JSON: {err.msg}"
+        ) from err
+    if not isinstance(header, dict):
+        raise InvalidInput("the JSON header must be an object with 'inputs'")
+    _check_header_fields(header)
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidInput("the JSON header's 'inputs' must be a non-empty list of tensors")
+    binary_bytes = 0
+    for index, tensor in enumerate(inputs):
+        binary_bytes += _binary_tensor_size(tensor, index)
+    if binary_bytes != len(body) - json_length:
+        raise InvalidInput(
+            f"the binary tensors' 'binary_data_size' add up to {binary_bytes} bytes, but "
+            f"{len(body) - json_length} bytes follow the JSON header ({HEADER_LENGTH!r})"
+        )
+
+
+def _check_header_fields(header: dict[str, Any]) -> None:
+    for field, kind in (("id", str), ("parameters", dict), ("outputs", list)):
+        if header.get(field) is not None and not isinstance(header[field], kind):
+            raise InvalidInput(f"the JSON header's {field!r} must be a {_KINDS[kind]}")
+    for output in header.get("outputs") or []:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise InvalidInput("each of the JSON header's 'outputs' must be an object with 'name'")
+
+
+_KINDS = {str: "string", dict: "JSON object", list: "list"}
+
+
+def _binary_tensor_size(tensor: Any, index: int) -> int:
+    """The bytes a tensor of the JSON header takes after it (0 for a tensor with JSON data)."""
+    where = f"'inputs[{index}]'"
+    if not isinstance(tensor, dict):
+        raise InvalidInput(f"{where} must be an object with 'name', 'shape' and 'datatype'")
+    for field, kind in (("name", str), ("datatype", str), ("shape", list)):
+        if not isinstance(tensor.get(field), kind):
+            raise InvalidInput(f"{where} needs {field!r}, a {_KINDS[kind]}")
+    shape = tensor["shape"]
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInput(f"{where}: 'shape' must hold non-negative whole numbers")
+    if tensor["datatype"] not in NUMERIC_DATATYPES:
+        raise InvalidInput(
+            f"{where} has datatype {_quoted(tensor['datatype'])}: use a numeric v2 datatype "
+            f"({', '.join(NUMERIC_DATATYPES)})"
+        )
+    parameters = tensor.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidInput(f"{where}: 'parameters' must be a JSON object")
+    if tensor.get("data") is not None:
+        return 0
+    size = (parameters or {}).get("binary_data_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(
+            f"{where} has no 'data': its 'parameters' need 'binary_data_size', the byte size "
+            "of the tensor in the body"
+        )
+    expected = math.prod(shape) * int(np.dtype(to_np_dtype(tensor["datatype"])).itemsize)
+    if size != expected:
+        raise InvalidInput(
+            f"{where}: 'binary_data_size' is {size} bytes, but shape {shape} of "
+            f"{tensor['datatype']} takes {expected} bytes"
+        )
+    return size
+
+
+def _quoted(name: object) -> str:
+    """``name`` quoted for a message, cut short: never more of the request than that."""
+    text = str(name)
+    return repr(text if len(text) <= _NAME_CHARS else f"{text[:_NAME_CHARS]}...")
 
 
 def request_matrix(payload: dict[str, Any] | InferRequest, feature_names: list[str]) -> np.ndarray:
@@ -107,7 +214,7 @@ def _tensor_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.nda
     if not inputs:
         raise InvalidInput(f"'inputs' is empty: send {expected}, e.g. named 'input-0'")
     if len(inputs) > 1:
-        names = ", ".join(repr(i.name) for i in inputs)
+        names = ", ".join(_quoted(i.name) for i in inputs[:5])
         raise InvalidInput(
             f"got {len(inputs)} input tensors ({names}): this model takes {expected} "
             "(or one tensor per feature with parameters.content_type 'pd')"
@@ -117,16 +224,16 @@ def _tensor_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.nda
     shape = list(tensor.shape)
     if len(shape) != 2 or any(not isinstance(d, int) or d < 0 for d in shape):
         raise InvalidInput(
-            f"input {tensor.name!r} has shape {shape}: expected [rows, {n_features}] "
+            f"input {_quoted(tensor.name)} has shape {shape}: expected [rows, {n_features}] "
             "with non-negative sizes"
         )
     if shape[1] != n_features:
         raise InvalidInput(
-            f"input {tensor.name!r} has {shape[1]} features per row (shape {shape}): the model "
-            f"expects {n_features} ({_feature_list(feature_names)})"
+            f"input {_quoted(tensor.name)} has {shape[1]} features per row (shape {shape}): the "
+            f"model expects {n_features} ({_feature_list(feature_names)})"
         )
     if shape[0] == 0:
-        raise InvalidInput(f"input {tensor.name!r} has no rows (shape {shape})")
+        raise InvalidInput(f"input {_quoted(tensor.name)} has no rows (shape {shape})")
     return _as_float_matrix(tensor, shape)
 
 
@@ -137,7 +244,7 @@ def _columns_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.nd
     if missing or unknown:
         raise InvalidInput(
             f"content_type 'pd' needs one input per feature: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unknown {unknown[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unknown [{', '.join(map(_quoted, unknown[:5]))}]"
         )
     columns = []
     for name in feature_names:
@@ -173,8 +280,8 @@ def _instances_matrix(payload: dict[str, Any], feature_names: list[str]) -> np.n
         for column, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise InvalidInput(
-                    f"'{key}[{index}][{column}]' (feature {feature_names[column]!r}) is "
-                    f"{value!r}: features must be numbers"
+                    f"'{key}[{index}][{column}]' (feature {feature_names[column]!r}) is a "
+                    f"{type(value).__name__}: features must be numbers"
                 )
     return np.asarray(instances, dtype=np.float64)
 
@@ -182,8 +289,8 @@ def _instances_matrix(payload: dict[str, Any], feature_names: list[str]) -> np.n
 def _check_datatype(tensor: InferInput) -> None:
     if tensor.datatype not in NUMERIC_DATATYPES:
         raise InvalidInput(
-            f"input {tensor.name!r} has datatype {tensor.datatype!r}: use a numeric v2 datatype "
-            f"({', '.join(NUMERIC_DATATYPES)})"
+            f"input {_quoted(tensor.name)} has datatype {_quoted(tensor.datatype)}: use a numeric "
+            f"v2 datatype ({', '.join(NUMERIC_DATATYPES)})"
         )
 
 
@@ -198,11 +305,13 @@ def _as_float_matrix(tensor: InferInput, shape: list[int]) -> np.ndarray:
         size = _data_size(tensor)
         if size is not None and size != expected:
             raise InvalidInput(
-                f"input {tensor.name!r}: shape {shape} needs {expected} values, "
+                f"input {_quoted(tensor.name)}: shape {shape} needs {expected} values, "
                 f"but 'data' has {size}"
             ) from err
+        # The error of numpy quotes the offending value: it stays out of the message.
         raise InvalidInput(
-            f"input {tensor.name!r}: 'data' cannot be read as {tensor.datatype}: {err}"
+            f"input {_quoted(tensor.name)}: 'data' cannot be read as {tensor.datatype}: it must "
+            f"be a flat list of {expected} numbers"
         ) from err
     return np.ascontiguousarray(array, dtype=np.float64).reshape(shape)
 

@@ -2,70 +2,130 @@
 
 The first deploy ``create``s the InferenceService; later ones ``replace`` it, because KServe's
 ``patch`` (a JSON merge patch) cannot remove ``canaryTrafficPercent`` (kserve/kserve
-``python/kserve/kserve/api/kserve_client.py``). After each write this waits for the generation
-the API server returned (``wait_isvc_ready(..., expected_generation=...)``, KServe >= 0.17), so
-a Ready condition left over from the previous generation is never mistaken for success.
+``python/kserve/kserve/api/kserve_client.py``).
 
-Nothing here deletes anything: when a new revision fails, Knative keeps routing to the revision
-that served before, and the error says why.
+The wait does not trust ``status.observedGeneration``: in Knative mode KServe copies it from the
+Knative Service (``PropagateStatus`` in ``pkg/apis/serving/v1beta1/inference_service_status.go``),
+whose generation moves only when the Knative Service changes: not at all when KServe ignores
+``canaryTrafficPercent`` because nothing has rolled out yet, and once more than the
+InferenceService's when KServe re-points ``latestRolledoutRevision`` after a rollback
+(``createKnativeService`` in ``.../reconcilers/knative/ksvc_reconciler.go``). So the wait checks
+what the write must produce instead: see :func:`rollout_missing`.
+
+Transient API errors (no connection, 5xx, 429) are retried by the kubernetes client's urllib3
+pool (:func:`api_retry`); a replace refused with 409 (someone wrote in between) is redone on a
+fresh read. Nothing else is retried: a refused object or a revision that never gets Ready fails
+at once with one line. Nothing here deletes anything: when a new revision fails, Knative keeps
+routing to the revision that served before.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
-import re
+import os
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kserve import KServeClient, V1beta1InferenceService
+    from urllib3.util.retry import Retry
 
-_MESSAGE = re.compile(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)"')
-_STATUS = re.compile(r"\((\d{3})\)\s*Reason:\s*([^\n]*)")
+# urllib3 retries of one API request: 0, 1, 2, 4, 8 s apart (about 15 s in all), enough for an
+# API server or admission webhook that restarts; Retry-After of a 429/503 is honoured.
+RETRIES = 5
+BACKOFF_FACTOR_S = 0.5
+TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+# How often the wait reads the InferenceService.
+POLL_INTERVAL_S = 5.0
+# Replace attempts when the object changed between our read and our write (409).
+CONFLICT_ATTEMPTS = 3
+
+
+class KubernetesApiError(RuntimeError):
+    """An API request that failed, in one line; ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def api_retry() -> Retry:
+    """The urllib3 retry policy of every API request.
+
+    POST is included: a create the server did process answers 409 on the retry, which
+    :func:`apply` recognises as its own object.
+    """
+    from urllib3.util.retry import Retry
+
+    return Retry(
+        total=RETRIES,
+        backoff_factor=BACKOFF_FACTOR_S,
+        status_forcelist=TRANSIENT_STATUSES,
+        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | {"POST"},
+        raise_on_status=False,  # the last answer becomes an ApiException with its message
+    )
 
 
 def _client() -> KServeClient:
-    """A ``KServeClient`` on the current kubeconfig, or the pod's ServiceAccount in a cluster."""
+    """A ``KServeClient`` on ``KUBECONFIG`` (or the pod's ServiceAccount) with :func:`api_retry`."""
     from kserve import KServeClient
+    from kubernetes import client as k8s
     from kubernetes.config import ConfigException
 
     try:
-        return KServeClient()
+        # The kubernetes client reads KUBECONFIG once, when it is imported: read it now.
+        kserve = KServeClient(config_file=os.environ.get("KUBECONFIG") or None)
     except (ConfigException, OSError) as err:
         raise RuntimeError(
             f"no Kubernetes cluster configured ({err}): set KUBECONFIG or run `make kind-up`"
         ) from err
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.retries = api_retry()
+    kserve.api_instance = k8s.CustomObjectsApi(k8s.ApiClient(configuration))
+    return kserve
 
 
-def _api_reason(err: Exception) -> str:
-    """The API server's one-line reason inside the error ``KServeClient`` raises."""
-    text = str(err)
-    found = _MESSAGE.search(text)
-    if found:
-        return str(json.loads(f'"{found.group(1)}"'))
-    status = _STATUS.search(text)
-    if status:
-        return f"HTTP {status.group(1)} {status.group(2).strip()}"
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+def _request(action: str, namespace: str, name: str, call: Callable[[], Any]) -> Any:
+    """Run one ``KServeClient`` call; its failure becomes a one-line ``KubernetesApiError``."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    what = f"could not {action} InferenceService {namespace}/{name}"
+    try:
+        return call()
+    except RuntimeError as err:
+        # KServeClient raises RuntimeError while handling the ApiException: its context.
+        api = err.__context__ if isinstance(err.__context__, ApiException) else None
+        status = api.status if api is not None else None
+        raise KubernetesApiError(f"{what}: {_api_reason(api, err)}", status) from err
+    except HTTPError as err:
+        cause = getattr(err, "reason", None) or err
+        text = str(cause).split(": ", 1)[-1] if ": " in str(cause) else str(cause)
+        raise KubernetesApiError(
+            f"{what}: the Kubernetes API did not answer after {RETRIES} retries ({text})", None
+        ) from err
 
 
-def _is_not_found(err: Exception) -> bool:
-    return "(404)" in str(err)
-
-
-def _ready_reason(isvc: dict[str, Any]) -> str:
-    """Why the InferenceService is not Ready, from its status conditions."""
-    for condition in isvc.get("status", {}).get("conditions", []):
-        if condition.get("type") == "Ready":
-            parts = [condition.get("reason", ""), condition.get("message", "")]
-            return ": ".join(p for p in parts if p) or f"Ready={condition.get('status')}"
-    return "no Ready condition reported yet"
+def _api_reason(api: Any, err: Exception) -> str:
+    """The API server's message (from its Status body), else the HTTP status line."""
+    if api is not None:
+        try:
+            message = json.loads(api.body).get("message")
+        except (TypeError, ValueError, AttributeError):
+            message = None
+        return str(message) if message else f"HTTP {api.status} {api.reason}"
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def get(name: str, namespace: str) -> dict[str, Any]:
     """Return the InferenceService as the API returns it (camelCase dict, with status).
 
     Raises:
-        LookupError: When there is no InferenceService ``name`` in ``namespace``.
+        LookupError: When there is no InferenceService ``name`` in ``namespace`` (HTTP 404).
         RuntimeError: When the cluster cannot be reached or refuses the request.
     """
     return _get(_client(), name, namespace)
@@ -73,20 +133,24 @@ def get(name: str, namespace: str) -> dict[str, Any]:
 
 def _get(client: KServeClient, name: str, namespace: str) -> dict[str, Any]:
     try:
-        return dict(client.get(name, namespace=namespace))
-    except RuntimeError as err:
-        if _is_not_found(err):
+        return dict(_request("read", namespace, name, lambda: client.get(name, namespace)))
+    except KubernetesApiError as err:
+        if err.status == 404:
             raise LookupError(
                 f"InferenceService {name!r} not found in namespace {namespace!r}: "
                 "deploy a model first (`mlops submit`), or pass the right -n NAMESPACE"
             ) from err
-        raise RuntimeError(
-            f"could not read InferenceService {namespace}/{name}: {_api_reason(err)}"
-        ) from err
+        raise
 
 
 def exists(name: str, namespace: str) -> bool:
-    """Whether the InferenceService ``name`` exists in ``namespace``."""
+    """Whether the InferenceService ``name`` exists in ``namespace``.
+
+    Only a 404 means absent: a refused or failed lookup raises, so it never leads to a create.
+
+    Raises:
+        RuntimeError: When the lookup fails for any other reason (403, 5xx, no answer).
+    """
     return _exists(_client(), name, namespace)
 
 
@@ -98,62 +162,191 @@ def _exists(client: KServeClient, name: str, namespace: str) -> bool:
     return True
 
 
-def _write_and_wait(
-    client: KServeClient, isvc: V1beta1InferenceService, create: bool, timeout_s: int
+def rollout_missing(
+    isvc: dict[str, Any], written: dict[str, Any], before: dict[str, Any] | None
+) -> str | None:
+    """What the write ``written`` must still produce in ``isvc``'s status; None when done.
+
+    KServe's Knative mode has it done when: a new revision was created if the template changed
+    (the spec apart from ``canaryTrafficPercent``; ``before`` is the object before the write,
+    None for a create); the latest ready revision is the latest created; the traffic is the
+    split ``createKnativeService`` derives from ``canaryTrafficPercent`` and the status's
+    ``latestRolledoutRevision`` (latest 100% while nothing has rolled out); Ready is True.
+
+    Args:
+        isvc: The InferenceService as read now.
+        written: The object the API returned for the write.
+        before: The object as read before the write, or None.
+
+    Returns:
+        The first requirement not met yet, in words, or None.
+    """
+    status = isvc.get("status", {})
+    predictor = status.get("components", {}).get("predictor", {})
+    created = predictor.get("latestCreatedRevision", "")
+    ready_revision = predictor.get("latestReadyRevision", "")
+    if _template(written) != (_template(before) if before else None):
+        old = (before or {}).get("status", {}).get("components", {}).get("predictor", {})
+        if not created or created == old.get("latestCreatedRevision"):
+            return f"no new revision created yet (latest created: {created or 'none'})"
+    if not created or ready_revision != created:
+        return f"revision {created or '(none yet)'} is not ready"
+    expected = _expected_traffic(written, predictor.get("latestRolledoutRevision", ""), created)
+    actual = sorted(
+        (bool(t.get("latestRevision")), t.get("revisionName", ""), t.get("percent") or 0)
+        for t in predictor.get("traffic", [])
+    )
+    if actual != expected:
+        return f"traffic is {_describe(actual)}, waiting for {_describe(expected)}"
+    ready = _condition(status, "Ready")
+    if ready.get("status") != "True":
+        return "Ready is not True"
+    return None
+
+
+def _template(isvc: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(isvc.get("spec", {}))
+    spec.get("predictor", {}).pop("canaryTrafficPercent", None)
+    return dict(spec)
+
+
+def _expected_traffic(
+    written: dict[str, Any], rolled_out: str, latest: str
+) -> list[tuple[bool, str, int]]:
+    percent = written["spec"]["predictor"].get("canaryTrafficPercent")
+    if percent is None or not rolled_out:
+        return [(True, latest, 100)]
+    split = [(True, latest, int(percent))]
+    if percent < 100:
+        split.append((False, rolled_out, 100 - int(percent)))
+    return sorted(split)
+
+
+def _describe(traffic: list[tuple[bool, str, int]]) -> str:
+    parts = [f"{name or '?'}{' (latest)' if latest else ''} {p}%" for latest, name, p in traffic]
+    return ", ".join(parts) or "none"
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
+
+
+def _not_ready_reason(isvc: dict[str, Any]) -> str:
+    """The predictor's (else the InferenceService's) condition that is not True, with why."""
+    status = isvc.get("status", {})
+    for kind in ("PredictorReady", "Ready"):
+        condition = _condition(status, kind)
+        if condition and condition.get("status") != "True":
+            why = ": ".join(p for p in (condition.get("reason"), condition.get("message")) if p)
+            return f"{kind} {condition.get('status')}" + (f" ({why})" if why else "")
+    return ""
+
+
+def _wait(
+    client: KServeClient, written: dict[str, Any], before: dict[str, Any] | None, timeout_s: float
 ) -> dict[str, Any]:
+    """Poll every ``POLL_INTERVAL_S`` until :func:`rollout_missing` is None or ``timeout_s``."""
+    name, namespace = written["metadata"]["name"], written["metadata"]["namespace"]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        isvc = _get(client, name, namespace)
+        missing = rollout_missing(isvc, written, before)
+        if missing is None:
+            return isvc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            reason = "; ".join(p for p in (missing, _not_ready_reason(isvc)) if p)
+            raise RuntimeError(
+                f"InferenceService {namespace}/{name} was not rolled out within {timeout_s}s: "
+                f"{reason}; the previously rolled-out revision keeps serving: see "
+                f"`kubectl describe isvc {name} -n {namespace}`"
+            )
+        time.sleep(min(POLL_INTERVAL_S, remaining))
+
+
+def _create(client: KServeClient, isvc: V1beta1InferenceService) -> dict[str, Any]:
+    from serving.inference_service import to_dict
+
     name, namespace = isvc.metadata.name, isvc.metadata.namespace
-    verb = "create" if create else "replace"
     try:
-        if create:
-            written = client.create(isvc, namespace=namespace)
-        else:
-            written = client.replace(name, isvc, namespace=namespace)
-    except RuntimeError as err:
-        raise RuntimeError(
-            f"could not {verb} InferenceService {namespace}/{name}: {_api_reason(err)}"
-        ) from err
-    generation = int(written["metadata"]["generation"])
-    try:
-        client.wait_isvc_ready(
-            name,
-            namespace=namespace,
-            timeout_seconds=timeout_s,
-            expected_generation=generation,
+        return dict(_request("create", namespace, name, lambda: client.create(isvc, namespace)))
+    except KubernetesApiError as err:
+        if err.status != 409:
+            raise
+        # A retried create whose first attempt went through finds its own object.
+        current = _get(client, name, namespace)
+        if not _contains(current, to_dict(isvc)):
+            raise
+        return current
+
+
+def _contains(stored: Any, wanted: Any) -> bool:
+    """Whether every field of ``wanted`` has the same value in ``stored`` (defaults may add)."""
+    if isinstance(wanted, dict):
+        return isinstance(stored, dict) and all(
+            _contains(stored.get(k), v) for k, v in wanted.items()
         )
-    except RuntimeError as err:
+    return bool(stored == wanted)
+
+
+def _replace(
+    client: KServeClient,
+    name: str,
+    namespace: str,
+    build: Callable[[dict[str, Any]], V1beta1InferenceService],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Replace with ``build(current)`` on a fresh read; return (first read, written).
+
+    A 409 means the object changed between the read and the write: read again and rebuild,
+    as client-go's ``RetryOnConflict`` does (urllib3 cannot, it would resend the stale body).
+    """
+    first: dict[str, Any] | None = None
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        current = _get(client, name, namespace)
+        first = first or current
+        body = build(current)
         try:
-            reason = _ready_reason(dict(client.get(name, namespace=namespace)))
-        except RuntimeError:
-            reason = _api_reason(err)
-        raise RuntimeError(
-            f"InferenceService {namespace}/{name} generation {generation} was not Ready within "
-            f"{timeout_s}s ({reason}); the previously rolled-out revision keeps serving: "
-            f"see `kubectl describe isvc {name} -n {namespace}`"
-        ) from err
-    return _get(client, name, namespace)
+            written = _request(
+                "replace", namespace, name, functools.partial(client.replace, name, body, namespace)
+            )
+            return first, dict(written)
+        except KubernetesApiError as err:
+            if err.status != 409 or attempt == CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def apply(
     isvc: V1beta1InferenceService, timeout_s: int, *, create: bool | None = None
 ) -> dict[str, Any]:
-    """Create or replace ``isvc``, wait until its new generation is Ready, return it.
+    """Create or replace ``isvc``, wait until its rollout is done, return it.
 
     Args:
-        isvc: The InferenceService to apply (its metadata names the namespace).
-        timeout_s: Seconds to wait for the new generation to become Ready.
+        isvc: The InferenceService to apply (its metadata names the namespace); not modified.
+        timeout_s: Seconds to wait for the rollout (see :func:`rollout_missing`).
         create: Whether it is new, when the caller already knows (saves a lookup);
             ``None`` looks it up.
 
     Returns:
-        The InferenceService as the API returns it after it became Ready.
+        The InferenceService as the API returned it when the rollout was done.
 
     Raises:
-        RuntimeError: When the API refuses the object or it does not become Ready in time.
+        RuntimeError: When the API refuses the object or the rollout is not done in time.
     """
     client = _client()
+    name, namespace = isvc.metadata.name, isvc.metadata.namespace
     if create is None:
-        create = not _exists(client, isvc.metadata.name, isvc.metadata.namespace)
-    return _write_and_wait(client, isvc, create, timeout_s)
+        create = not _exists(client, name, namespace)
+    if create:
+        return _wait(client, _create(client, isvc), None, timeout_s)
+
+    def on(current: dict[str, Any]) -> V1beta1InferenceService:
+        body = copy.deepcopy(isvc)
+        body.metadata.resource_version = current["metadata"]["resourceVersion"]
+        return body
+
+    before, written = _replace(client, name, namespace, on)
+    return _wait(client, written, before, timeout_s)
 
 
 def set_canary_percent(
@@ -166,7 +359,7 @@ def set_canary_percent(
         namespace: Its namespace.
         percent: ``None`` promotes (the field is removed: latest gets 100%); ``0`` rolls back
             to the previously rolled-out revision; anything else moves the split.
-        timeout_s: Seconds to wait for the new generation to become Ready.
+        timeout_s: Seconds to wait for the new traffic split.
 
     Returns:
         The InferenceService as the API returns it afterwards.
@@ -174,16 +367,21 @@ def set_canary_percent(
     Raises:
         ValueError: When ``percent`` is outside 0..100.
         LookupError: When the InferenceService does not exist.
-        RuntimeError: When the API refuses the change or it does not become Ready in time.
+        RuntimeError: When the API refuses the change or it is not done in time.
     """
     from serving.inference_service import check_canary_percent, from_dict
 
     check_canary_percent(percent)
     client = _client()
-    isvc = from_dict(_get(client, name, namespace))
-    # The server owns status and managedFields; resourceVersion stays, so a concurrent change
-    # makes the replace fail (409) instead of being overwritten.
-    isvc.status = None
-    isvc.metadata.managed_fields = None
-    isvc.spec.predictor.canary_traffic_percent = percent
-    return _write_and_wait(client, isvc, create=False, timeout_s=timeout_s)
+
+    def moved(current: dict[str, Any]) -> V1beta1InferenceService:
+        body = from_dict(current)
+        # The server owns status and managedFields; resourceVersion stays, so a concurrent
+        # change makes the replace fail (409) and it is redone on a fresh read.
+        body.status = None
+        body.metadata.managed_fields = None
+        body.spec.predictor.canary_traffic_percent = percent
+        return body
+
+    before, written = _replace(client, name, namespace, moved)
+    return _wait(client, written, before, timeout_s)

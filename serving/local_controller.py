@@ -7,9 +7,12 @@ last rolled-out one (tag ``prev``). The first revision takes all traffic. A revi
 *rolled out* when it gets 100%. The local model server (``mlops serve``) reads this state.
 
 A revision whose model the server cannot load is recorded as failed (``mark_revision_failed``):
-like a Knative revision that never becomes ready, it takes no traffic, the last ready revision
-keeps it, and the Ready condition says why. ``record_server`` points the status URLs at the
-running local server.
+it keeps its share of traffic in the status (requests routed to it get 503 until it loads, as a
+Knative revision that is not ready does), the Ready condition is False and names it, and it is
+never recorded as rolled out by being routed around. ``set_canary_percent`` refuses to give all
+traffic to a failed revision. The server retries loading it and, when it loads, clears the
+failure (``clear_revision_failure``). ``record_server`` points the status URLs at the running
+local server.
 
 State lives in ``<state dir>/serving/<name>.yaml``: the InferenceService with its status, the
 revisions (what each one serves, and why one failed), and the local server's address. Writers
@@ -35,6 +38,22 @@ from serving.inference_service import check_canary_percent, to_dict
 
 class NotDeployedError(LookupError):
     """No InferenceService of that name has been deployed locally."""
+
+
+class StateFileError(ValueError):
+    """The local state file cannot be read as a state: its message names the file and the fix."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        """Say what is wrong with ``path`` and how to recover."""
+        super().__init__(
+            f"the local serving state {path} is corrupt ({problem}): delete it and deploy again "
+            "with `mlops run`"
+        )
+        self.path = path
+
+
+class RevisionFailedError(ValueError):
+    """A change would give all traffic to a revision whose model failed to load."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +97,87 @@ def read_state(name: str, state_dir: Path) -> dict[str, Any]:
 
     Raises:
         NotDeployedError: When nothing named ``name`` was deployed under ``state_dir``.
+        StateFileError: When the file is not a state this module wrote (not YAML, not a
+            mapping, a key missing or of the wrong type).
     """
     path = state_path(name, state_dir)
     if not path.exists():
         raise NotDeployedError(
             f"InferenceService {name!r} is not deployed locally (no {path}); run `mlops run` first"
         )
-    return dict(yaml.safe_load(path.read_text()))
+    return _load_state(path)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        state = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise StateFileError(path, f"not YAML: {type(err).__name__}") from err
+    check_state(state, path)
+    return dict(state)
+
+
+def _need(value: Any, kind: type | tuple[type, ...], where: str, path: Path) -> Any:
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        names = {dict: "a mapping", list: "a list", str: "a string", int: "a whole number"}
+        expected = names.get(kind, "a value") if isinstance(kind, type) else "a string or number"
+        found = "nothing" if value is None else f"a {type(value).__name__}"
+        raise StateFileError(path, f"{where} must be {expected}, found {found}")
+    return value
+
+
+def check_state(state: Any, path: Path) -> None:
+    """Check that ``state`` has every key and type the readers of the state rely on.
+
+    Args:
+        state: What the state file holds, as parsed.
+        path: The file, for the message.
+
+    Raises:
+        StateFileError: Naming the first key that is missing or of the wrong type.
+    """
+    _need(state, dict, "the file", path)
+    isvc = _need(state.get("inferenceService"), dict, "'inferenceService'", path)
+    _need(isvc.get("metadata"), dict, "'inferenceService.metadata'", path)
+    spec = _need(isvc.get("spec"), dict, "'inferenceService.spec'", path)
+    predictor = _need(spec.get("predictor"), dict, "'inferenceService.spec.predictor'", path)
+    _need(predictor.get("model"), dict, "'inferenceService.spec.predictor.model'", path)
+    canary = predictor.get("canaryTrafficPercent")
+    if canary is not None and not 0 <= _need(canary, int, "'canaryTrafficPercent'", path) <= 100:
+        raise StateFileError(path, "'canaryTrafficPercent' must be within 0..100")
+    revisions = _need(state.get("revisions"), dict, "'revisions'", path)
+    for revision, info in revisions.items():
+        where = f"'revisions.{revision}'"
+        _need(info, dict, where, path)
+        _need(info.get("storageUri"), str, f"{where}.storageUri", path)
+        _need(info.get("modelVersion"), (str, int), f"{where}.modelVersion", path)
+        _need(info.get("template"), dict, f"{where}.template", path)
+        if info.get("failed") is not None:
+            failed = _need(info["failed"], dict, f"{where}.failed", path)
+            _need(failed.get("reason"), str, f"{where}.failed.reason", path)
+    status = _need(isvc.get("status"), dict, "'inferenceService.status'", path)
+    components = _need(status.get("components"), dict, "'status.components'", path)
+    predictor_status = _need(
+        components.get("predictor"), dict, "'status.components.predictor'", path
+    )
+    _need(predictor_status.get("latestCreatedRevision"), str, "'latestCreatedRevision'", path)
+    for key in ("latestCreatedRevision", "latestRolledoutRevision", "previousRolledoutRevision"):
+        value = predictor_status.get(key)
+        if value is not None and value not in revisions:
+            raise StateFileError(path, f"'status.components.predictor.{key}' is no revision")
+    traffic = _need(predictor_status.get("traffic"), list, "'status...predictor.traffic'", path)
+    for index, target in enumerate(traffic):
+        where = f"'status...predictor.traffic[{index}]'"
+        _need(target, dict, where, path)
+        if _need(target.get("revisionName"), str, f"{where}.revisionName", path) not in revisions:
+            raise StateFileError(path, f"{where}.revisionName names no revision in 'revisions'")
+        _need(target.get("tag"), str, f"{where}.tag", path)
+        if not 0 <= _need(target.get("percent"), int, f"{where}.percent", path) <= 100:
+            raise StateFileError(path, f"{where}.percent must be within 0..100")
+    _need(status.get("conditions", []), list, "'status.conditions'", path)
+    if state.get("server") is not None:
+        server = _need(state["server"], dict, "'server'", path)
+        _need(server.get("url"), str, "'server.url'", path)
 
 
 def _write_state(state: dict[str, Any], path: Path) -> None:
@@ -106,7 +199,7 @@ def apply(isvc: Any, state_dir: Path) -> dict[str, Any]:
     name = desired["metadata"]["name"]
     path = state_path(name, state_dir)
     with _locked(path):
-        state = yaml.safe_load(path.read_text()) if path.exists() else None
+        state = _load_state(path) if path.exists() else None
         return _reconcile(copy.deepcopy(desired), state, path)
 
 
@@ -118,6 +211,8 @@ def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[
 
     Raises:
         ValueError: When ``percent`` is outside 0..100.
+        RevisionFailedError: When the revision that would take all traffic failed to load
+            (nothing is changed).
     """
     check_canary_percent(percent)
     path = state_path(name, state_dir)
@@ -130,7 +225,38 @@ def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[
             predictor.pop("canaryTrafficPercent", None)
         else:
             predictor["canaryTrafficPercent"] = percent
+        traffic = _traffic(desired, state["inferenceService"]["status"]["components"]["predictor"])
+        for target in traffic:
+            failed = state["revisions"][target["revisionName"]].get("failed")
+            if target["percent"] == 100 and failed:
+                action = {None: "promote", 0: "rollback"}.get(percent, "this change")
+                raise RevisionFailedError(
+                    f"{action} would send all traffic of {name!r} to revision "
+                    f"{target['revisionName']!r}, which failed to load ({failed['reason']}); "
+                    "nothing changed. Fix its model, wait for `mlops serve` to load it "
+                    "(`mlops get` shows READY True), or deploy a new version"
+                )
         return _reconcile(desired, state, path)
+
+
+def _traffic(desired: dict[str, Any], predictor_status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The traffic targets ``desired`` gets, given the revisions in ``predictor_status``.
+
+    As KServe's ksvc reconciler: the 'prev' target is the last rolled-out revision, or, when the
+    latest is itself rolled out and a canary is set again (a rollback after a promote), the one
+    rolled out before it.
+    """
+    latest = predictor_status["latestCreatedRevision"]
+    canary = desired["spec"]["predictor"].get("canaryTrafficPercent")
+    prev = predictor_status.get("latestRolledoutRevision")
+    if prev == latest and canary is not None and canary < 100:
+        prev = predictor_status.get("previousRolledoutRevision")
+    if canary is not None and prev:
+        traffic = [_target(latest, "latest", canary, latest=True)]
+        if canary < 100:
+            traffic.append(_target(prev, "prev", 100 - canary, latest=False))
+        return traffic
+    return [_target(latest, "latest", 100, latest=True)]
 
 
 def _reconcile(
@@ -163,45 +289,42 @@ def _reconcile(
         predictor_status["latestCreatedRevision"] = latest
         predictor_status["latestReadyRevision"] = latest
 
-    canary = desired["spec"]["predictor"].get("canaryTrafficPercent")
     server = (state or {}).get("server")
     namespace = metadata.get("namespace", "default")
     url = server["url"] if server else f"http://{name}.{namespace}.example.com"
-    # As KServe's ksvc reconciler: the 'prev' target is the last rolled-out revision, or, when
-    # the latest is itself rolled out and a canary is set again (a rollback after a promote),
-    # the one rolled out before it.
-    prev = predictor_status.get("latestRolledoutRevision")
-    if prev == latest and canary is not None and canary < 100:
-        prev = predictor_status.get("previousRolledoutRevision")
-    if canary is not None and prev:
-        traffic = [_target(latest, "latest", canary, latest=True)]
-        if canary < 100:
-            traffic.append(_target(prev, "prev", 100 - canary, latest=False))
-    else:
-        traffic = [_target(latest, "latest", 100, latest=True)]
-    failed = {rev: info["failed"] for rev, info in revisions.items() if info.get("failed")}
-    traffic = _route_around_failed(traffic, failed, predictor_status)
-    # A revision is rolled out once it takes all traffic.
+    # A failed revision keeps its share: moving it to the other revision would roll out a
+    # canary nobody promoted. Requests routed to it get 503 until the server loads it.
+    traffic = _traffic(desired, predictor_status)
+    # A revision is rolled out once it takes all traffic (a first deploy or a promote).
     rolled_out = predictor_status.get("latestRolledoutRevision")
-    if traffic and traffic[0]["latestRevision"] and traffic[0]["percent"] == 100:
-        if rolled_out != latest:
-            if rolled_out is not None:
-                predictor_status["previousRolledoutRevision"] = rolled_out
-            predictor_status["latestRolledoutRevision"] = latest
+    if traffic[0]["latestRevision"] and traffic[0]["percent"] == 100 and rolled_out != latest:
+        if rolled_out is not None:
+            predictor_status["previousRolledoutRevision"] = rolled_out
+        predictor_status["latestRolledoutRevision"] = latest
     ready: dict[str, Any] = {"type": "Ready", "status": "True", "lastTransitionTime": _now()}
-    if latest in failed:
-        # As Knative: a revision that never became ready takes no traffic, the last ready one
-        # keeps serving, and the InferenceService is not Ready until a new revision is.
-        serving_now = next((t["revisionName"] for t in traffic if t["percent"]), None)
-        if serving_now:
-            predictor_status["latestReadyRevision"] = serving_now
-        else:
-            predictor_status.pop("latestReadyRevision", None)
+    failed = [
+        (t["revisionName"], revisions[t["revisionName"]]["failed"]["reason"])
+        for t in traffic
+        if revisions[t["revisionName"]].get("failed")
+    ]
+    if failed:
         ready.update(
             status="False",
             reason="RevisionFailed",
-            message=f"Revision {latest!r} failed to load: {failed[latest]['reason']}",
+            message="; ".join(f"Revision {rev!r} failed to load: {why}" for rev, why in failed),
         )
+    failed_names = {rev for rev, _ in failed}
+    if latest in failed_names:
+        # As Knative: the latest failed revision is not the latest ready one.
+        ready_now = next(
+            (t["revisionName"] for t in traffic if t["revisionName"] not in failed_names), None
+        )
+        if ready_now:
+            predictor_status["latestReadyRevision"] = ready_now
+        else:
+            predictor_status.pop("latestReadyRevision", None)
+    else:
+        predictor_status["latestReadyRevision"] = latest
     predictor_status["traffic"] = traffic
     status.update(
         observedGeneration=metadata["generation"],
@@ -219,29 +342,6 @@ def _reconcile(
 
 def _target(revision: str, tag: str, percent: int, *, latest: bool) -> dict[str, Any]:
     return {"tag": tag, "revisionName": revision, "latestRevision": latest, "percent": percent}
-
-
-def _route_around_failed(
-    traffic: list[dict[str, Any]], failed: dict[str, Any], predictor_status: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Drop revisions that failed to load; their share goes to the ones that still serve."""
-    live = [t for t in traffic if t["revisionName"] not in failed]
-    if len(live) == len(traffic):
-        return traffic
-    if not live:
-        rolled_out = (
-            predictor_status.get("latestRolledoutRevision"),
-            predictor_status.get("previousRolledoutRevision"),
-        )
-        fallback = next((r for r in rolled_out if r and r not in failed), None)
-        return [_target(fallback, "prev", 100, latest=False)] if fallback else []
-    total = sum(t["percent"] for t in live)
-    for target in live:
-        target["percent"] = round(100 * target["percent"] / total) if total else 0
-    if not total:
-        live[0]["percent"] = 100
-    live[0]["percent"] += 100 - sum(t["percent"] for t in live)
-    return live
 
 
 def _set_urls(status: dict[str, Any], name: str, url: str, *, local: bool) -> None:
@@ -262,11 +362,11 @@ def _set_urls(status: dict[str, Any], name: str, url: str, *, local: bool) -> No
 
 
 def mark_revision_failed(name: str, revision: str, reason: str, state_dir: Path) -> dict[str, Any]:
-    """Record that ``revision`` could not be loaded, and route traffic around it.
+    """Record that ``revision`` could not be loaded (its share of traffic stays).
 
     The model server calls this when a revision's model fails to load (a missing file, a
-    sha256 mismatch). Like a Knative revision that never becomes ready, it then takes no
-    traffic; the state says why in ``revisions.<name>.failed`` and in the Ready condition.
+    sha256 mismatch, the store unreachable). The state says why in ``revisions.<name>.failed``
+    and in the Ready condition; requests routed to it get 503 until the server loads it.
 
     Args:
         name: The InferenceService name.
@@ -290,6 +390,31 @@ def mark_revision_failed(name: str, revision: str, reason: str, state_dir: Path)
         desired = copy.deepcopy(state["inferenceService"])
         desired.pop("status", None)
         # A status change, not a spec change: the generation stays, as in the cluster.
+        return _reconcile(desired, state, path, spec_changed=False)
+
+
+def clear_revision_failure(name: str, revision: str, state_dir: Path) -> dict[str, Any]:
+    """Record that ``revision`` loaded after all: drop its failure and the stale reason.
+
+    Args:
+        name: The InferenceService name.
+        revision: The revision that now loads.
+        state_dir: The local state directory.
+
+    Returns:
+        The InferenceService with its new status (unchanged when nothing was recorded).
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` is deployed.
+    """
+    path = state_path(name, state_dir)
+    with _locked(path):
+        state = read_state(name, state_dir)
+        info = state["revisions"].get(revision)
+        if not info or not info.pop("failed", None):
+            return dict(state["inferenceService"])
+        desired = copy.deepcopy(state["inferenceService"])
+        desired.pop("status", None)
         return _reconcile(desired, state, path, spec_changed=False)
 
 

@@ -17,14 +17,15 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import PredictorProtocol
-from kserve.errors import InferenceError, ModelNotFound, ModelNotReady
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound, ModelNotReady
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferResponse
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceResponse
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import ValidationError
 
-from serving.runtime import CanaryRouter, VersionNotFound, pinned_version
+from serving.inputs import HEADER_LENGTH, check_binary_request
+from serving.runtime import CanaryRouter, RevisionUnavailable, VersionNotFound, pinned_version
 
 
 async def read_infer_body(raw_request: Request) -> InferenceRequest | bytes:
@@ -32,28 +33,42 @@ async def read_infer_body(raw_request: Request) -> InferenceRequest | bytes:
 
     KServe's route lets FastAPI parse the JSON with the standard library, which takes about
     10 ms for 1000 rows of 30 floats; orjson takes about 1.5 ms. A binary-extension body
-    (``Inference-Header-Content-Length``) stays bytes for KServe to decode.
+    (``Inference-Header-Content-Length``) is checked, then stays bytes for KServe to decode.
 
     Raises:
         RequestValidationError: When the body is not JSON or not a v2 inference request (422).
+        InvalidInput: When JSON nests deeper than orjson's limit (1024 levels), or a binary
+            request's header or sizes do not match its body (400).
     """
     body = await raw_request.body()
-    if "inference-header-content-length" in raw_request.headers:
+    header_length = raw_request.headers.get(HEADER_LENGTH)
+    if header_length is not None:
+        check_binary_request(body, header_length)
         return body
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as err:
+        if err.msg == _TOO_DEEP:
+            # The standard library would recurse until RecursionError: a 500.
+            raise InvalidInput(
+                f"the JSON body nests deeper than 1024 levels (at character {err.pos}): "
+                "a v2 request is an object of 'inputs', each with a flat 'data' list"
+            ) from err
         try:
             # NaN and Infinity literals are not JSON, but Python's json module writes them:
             # parse them, so that the checks can say which feature is not finite.
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             error = {"type": "json_invalid", "loc": ("body", err.pos), "msg": "JSON decode error"}
             raise RequestValidationError([{**error, "ctx": {"error": err.msg}}]) from err
     try:
         return InferenceRequest.model_validate(data)
     except ValidationError as err:
         raise RequestValidationError(err.errors(include_url=False)) from err
+
+
+# orjson's message for JSON nested deeper than it parses.
+_TOO_DEEP = "depth limit exceeded"
 
 
 def _as_json(result: InferenceResponse | Response, raw_response: Response) -> Response:
@@ -171,8 +186,15 @@ class V2Routes:
         )
 
     async def ready(self, model_name: str, model_version: str) -> dict[str, Any]:
-        """Whether the version is live."""
+        """Whether the version is live: 503, as KServe answers a model not ready, when it failed.
+
+        Raises:
+            RevisionUnavailable: When the version's model failed to load.
+        """
         self._check(model_name, model_version)
+        route = self.router.find(model_version)
+        if route is not None and route.failure:
+            raise self.router.unavailable(route)
         return {"name": model_name, "ready": True}
 
     async def metadata(self, model_name: str, model_version: str | None = None) -> dict[str, Any]:
@@ -215,3 +237,13 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
         parts.append(f"{field}: {error.get('msg')}")
     message = "; ".join(parts[:3]) or str(exc)
     return JSONResponse(status_code=422, content={"error": f"invalid request: {message}"})
+
+
+async def revision_unavailable_handler(_: Request, exc: Exception) -> JSONResponse:
+    """A request routed to a revision that failed to load: 503, and when to try again."""
+    retry_after = exc.retry_after_s if isinstance(exc, RevisionUnavailable) else 1.0
+    return JSONResponse(
+        status_code=503,
+        content={"error": str(exc)},
+        headers={"Retry-After": str(int(retry_after))},
+    )

@@ -9,6 +9,10 @@ A watcher thread polls the state file; on a change it loads new revisions *besid
 ones and then swaps one immutable ``Routes`` object in a single assignment. A request reads the
 routes once, so one in flight when a deploy, promote or rollback lands finishes on the model it
 started with, and no request ever sees half a change.
+
+A revision whose model fails to load keeps its share: requests routed to it get 503 with
+``Retry-After`` (``RevisionUnavailable``), and the watcher retries loading it on a capped
+exponential schedule (``retry_delay_s``); when it loads, its failure is cleared in the state.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
 import os
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +43,49 @@ logger = logging.getLogger("mlops.serving")
 REVISION_HEADER = "x-mlops-revision"
 VERSION_HEADER = "x-mlops-model-version"
 _PINNED: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlops_pinned", default=None)
+# Retries of a revision that failed to load: 1 s, doubling, at most a minute apart.
+FIRST_RETRY_S = 1.0
+MAX_RETRY_S = 60.0
+
+
+def retry_delay_s(
+    attempt: int, first_s: float = FIRST_RETRY_S, cap_s: float = MAX_RETRY_S
+) -> float:
+    """How long to wait after failed load number ``attempt`` (1, 2, ...) before the next one.
+
+    Args:
+        attempt: How many loads of the revision have failed in a row (at least 1).
+        first_s: The wait after the first failure.
+        cap_s: The longest wait.
+
+    Returns:
+        ``first_s`` doubled per earlier failure, at most ``cap_s``: 1, 2, 4, ..., 32, 60, 60 s.
+    """
+    return float(min(cap_s, first_s * 2 ** min(max(attempt, 1) - 1, 32)))
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A revision that failed to load, and when to try it again.
+
+    Attributes:
+        reason: Why, in one line.
+        attempts: Failed loads in a row.
+        retry_at: ``time.monotonic()`` of the next attempt.
+    """
+
+    reason: str
+    attempts: int
+    retry_at: float
+
+
+class RevisionUnavailable(ModelNotReady):
+    """A request was routed to a revision whose model failed to load (503, ``Retry-After``)."""
+
+    def __init__(self, model_name: str, detail: str, retry_after_s: float) -> None:
+        """Name the revision and why in ``detail``; ``retry_after_s`` goes into the header."""
+        super().__init__(model_name, detail)
+        self.retry_after_s = retry_after_s
 
 
 class VersionNotFound(ModelNotFound):
@@ -61,18 +110,21 @@ class Route:
     """A live revision and its share of traffic.
 
     Attributes:
-        model: The loaded model of the revision.
+        model: The model of the revision (not loaded when ``failure`` is set).
         tag: ``latest`` or ``prev``.
         percent: Share of unpinned requests, 0..100.
+        failure: Why the model failed to load; requests routed here then get 503.
     """
 
     model: RevisionModel
     tag: str
     percent: int
+    failure: str = ""
 
     def describe(self) -> str:
-        """``2 (latest, 10%)``."""
-        return f"{self.model.revision.model_version} ({self.tag}, {self.percent}%)"
+        """``2 (latest, 10%)``, or ``2 (latest, 10%, failed)``."""
+        failed = ", failed" if self.failure else ""
+        return f"{self.model.revision.model_version} ({self.tag}, {self.percent}%{failed})"
 
 
 class Routes:
@@ -86,8 +138,8 @@ class Routes:
 
     @property
     def serving(self) -> bool:
-        """Whether some revision takes unpinned traffic."""
-        return self._total > 0
+        """Whether some loaded revision takes unpinned traffic."""
+        return any(not r.failure for r in self._weighted)
 
     def pick(self, draw: float) -> Route | None:
         """The route for a uniform ``draw`` in [0, 1), by the traffic percents."""
@@ -127,6 +179,7 @@ class CanaryRouter(Model):
         self.poll_interval_s = poll_interval_s
         self.routes = Routes()
         self._loaded: dict[str, RevisionModel] = {}
+        self._failures: dict[str, LoadFailure] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -157,7 +210,9 @@ class CanaryRouter(Model):
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
             try:
-                self.refresh()
+                self.refresh(force=self.retry_due())
+            except local_controller.StateFileError as err:  # the message says it all
+                logger.error("%s; serving as before", err)
             except Exception:  # keep serving the last good routes whatever the state file holds
                 logger.exception("could not apply the state of %s; serving as before", self.name)
 
@@ -168,14 +223,25 @@ class CanaryRouter(Model):
             return None
         return (stat.st_mtime_ns, stat.st_ino, stat.st_size)
 
+    def retry_due(self) -> bool:
+        """Whether a failed revision that takes part in the routes is due for another load."""
+        now = time.monotonic()
+        return any(
+            r.failure and self._failures[r.model.revision.name].retry_at <= now
+            for r in self.routes.routes
+            if r.model.revision.name in self._failures
+        )
+
     def refresh(self, force: bool = False) -> bool:
         """Apply the state file if it changed: load new revisions, then swap the routes.
 
-        A revision whose model fails to load is recorded as failed in the state (which moves its
-        traffic to the revisions that serve) and is not routed to.
+        A revision whose model fails to load is recorded as failed in the state and keeps its
+        share: requests routed to it get 503 until a retry (``retry_delay_s`` apart) loads it,
+        which clears the failure in the state.
 
         Args:
-            force: Re-read the state even when the file looks unchanged.
+            force: Re-read the state even when the file looks unchanged (and retry the failed
+                revisions that are due).
 
         Returns:
             Whether the state was read.
@@ -195,28 +261,26 @@ class CanaryRouter(Model):
             loaded = {
                 t.revision: self._loaded[t.revision] for t in targets if t.revision in self._loaded
             }
-            failed = False
+            wrote = False
             for target in targets:
+                recorded = state["revisions"][target.revision].get("failed")
                 if target.revision not in loaded:
-                    model = self._load_revision(target)
-                    if model is None:
-                        failed = True
-                    else:
+                    model = self._try_load(target)
+                    wrote |= model is None and self._record_failure(target.revision, recorded)
+                    if model is not None:
                         loaded[target.revision] = model
-            if failed:
-                # The controller moved the failed revision's share; route by its new status.
+                if target.revision in loaded and recorded:
+                    # Loaded now (or by an earlier server): the recorded failure is stale.
+                    local_controller.clear_revision_failure(
+                        self.name, target.revision, self.state_dir
+                    )
+                    wrote = True
+            if wrote:
                 stamp = self._state_stamp()
-                targets = local_controller.traffic_targets(
-                    local_controller.read_state(self.name, self.state_dir)
-                )
-            routes = Routes(
-                tuple(
-                    Route(loaded[t.revision], t.tag, t.percent)
-                    for t in targets
-                    if t.revision in loaded
-                )
-            )
-            self._loaded = {r.model.revision.name: r.model for r in routes.routes}
+            live = {t.revision for t in targets}
+            self._failures = {r: f for r, f in self._failures.items() if r in live}
+            routes = Routes(tuple(self._route(t, loaded) for t in targets))
+            self._loaded = loaded
             # One assignment: requests read either the old routes or the new ones, never a mix.
             self.routes = routes
             self.ready = routes.serving
@@ -224,21 +288,70 @@ class CanaryRouter(Model):
             logger.info("%s: serving %s", self.name, routes.describe())
             return True
 
-    def _load_revision(self, target: local_controller.TrafficTarget) -> RevisionModel | None:
+    def _route(
+        self, target: local_controller.TrafficTarget, loaded: dict[str, RevisionModel]
+    ) -> Route:
+        model = loaded.get(target.revision)
+        if model is not None:
+            return Route(model, target.tag, target.percent)
+        revision = Revision(target.revision, target.storage_uri, target.model_version)
+        failure = self._failures[target.revision].reason
+        return Route(RevisionModel(self.name, revision), target.tag, target.percent, failure)
+
+    def _try_load(self, target: local_controller.TrafficTarget) -> RevisionModel | None:
+        """Load the revision unless its last failure is recent (then ``None``)."""
+        failure = self._failures.get(target.revision)
+        if failure is not None and failure.retry_at > time.monotonic():
+            return None
         model = RevisionModel(
             self.name, Revision(target.revision, target.storage_uri, target.model_version)
         )
         try:
             model.load()
-        except Exception as err:  # any failure to load means: not ready, say why, route around
+        except Exception as err:  # any failure to load means: not ready, say why, retry later
+            attempts = failure.attempts + 1 if failure else 1
             reason = f"{type(err).__name__}: {err}"
-            logger.error("revision %s failed to load: %s", target.revision, reason)
-            local_controller.mark_revision_failed(
-                self.name, target.revision, reason, self.state_dir
+            delay = retry_delay_s(attempts)
+            self._failures[target.revision] = LoadFailure(
+                reason, attempts, time.monotonic() + delay
+            )
+            logger.error(
+                "revision %s failed to load (attempt %d, next in %.0f s): %s",
+                target.revision,
+                attempts,
+                delay,
+                reason,
             )
             return None
+        self._failures.pop(target.revision, None)
         logger.info("loaded revision %s (model version %s)", target.revision, target.model_version)
         return model
+
+    def _record_failure(self, revision: str, recorded: dict[str, Any] | None) -> bool:
+        """Write the failure into the state unless it is there already; whether it wrote."""
+        reason = self._failures[revision].reason
+        if recorded and recorded.get("reason") == reason:
+            return False
+        local_controller.mark_revision_failed(self.name, revision, reason, self.state_dir)
+        return True
+
+    def unavailable(self, route: Route) -> RevisionUnavailable:
+        """The 503 for a request that reached a revision whose model failed to load."""
+        revision = route.model.revision
+        retry_after = self.next_retry_s(revision.name)
+        return RevisionUnavailable(
+            self.name,
+            f"Revision {revision.name!r} (model version {revision.model_version}, "
+            f"{route.tag}, {route.percent}% of traffic) failed to load: {route.failure}. "
+            f"Loading it again within {retry_after:.0f} s; `mlops get` shows the status.",
+            retry_after,
+        )
+
+    def next_retry_s(self, revision: str) -> float:
+        """Seconds until the next load of a failed ``revision`` (at least 1)."""
+        failure = self._failures.get(revision)
+        wait = failure.retry_at - time.monotonic() if failure else self.poll_interval_s
+        return float(max(1, math.ceil(wait)))
 
     def predict(
         self,
@@ -266,6 +379,8 @@ class CanaryRouter(Model):
             if route is None:
                 raise ModelNotReady(self.name, "No revision takes traffic; see `mlops get`.")
         revision = route.model.revision
+        if route.failure:
+            raise self.unavailable(route)
         info = current_request()
         if info is not None:
             info.revision, info.model_version = revision.name, revision.model_version
@@ -291,7 +406,7 @@ class CanaryRouter(Model):
         return self._main_model().get_output_types()
 
     def _main_model(self) -> RevisionModel:
-        routes = self.routes.routes
+        routes = [r for r in self.routes.routes if not r.failure]
         if not routes:
             raise ModelNotReady(self.name)
         return max(routes, key=lambda r: r.percent).model

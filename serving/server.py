@@ -39,8 +39,8 @@ from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
 from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_limit
 from serving.observability import ObservabilityMiddleware, configure_request_log
-from serving.routes import V2Routes, validation_error_handler
-from serving.runtime import CanaryRouter
+from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
+from serving.runtime import CanaryRouter, RevisionUnavailable
 
 DEFAULT_PORT = 8080
 # About 14,000 rows of 30 features as JSON; a larger batch should be split.
@@ -251,6 +251,7 @@ def install(
     )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(RevisionUnavailable, revision_unavailable_handler)
     REGISTRY.register(ServingCollector(router))
 
 

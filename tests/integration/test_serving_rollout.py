@@ -87,7 +87,7 @@ def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(
     assert len(results) > 500
 
 
-def test_a_canary_whose_file_is_corrupt_leaves_the_previous_revision_serving(
+def test_a_canary_whose_file_is_corrupt_keeps_its_share_and_answers_503_naming_it(
     tmp_path: Path, breast_cancer: pd.DataFrame
 ) -> None:
     home = tmp_path / ".mlops"
@@ -113,28 +113,33 @@ def test_a_canary_whose_file_is_corrupt_leaves_the_previous_revision_serving(
         reason = state["revisions"]["breast-cancer-predictor-00002"]["failed"]["reason"]
         assert "sha256" in reason and "refusing to load" in reason
         status = state["inferenceService"]["status"]
-        assert status["components"]["predictor"]["traffic"] == [
-            {
-                "tag": "prev",
-                "revisionName": "breast-cancer-predictor-00001",
-                "latestRevision": False,
-                "percent": 100,
-                "url": f"{server.url}/v2/models/{NAME}/versions/prev",
-            }
+        predictor = status["components"]["predictor"]
+        # Its share stays where the deploy put it: nothing is rolled out behind the user's back.
+        assert [(t["revisionName"], t["percent"]) for t in predictor["traffic"]] == [
+            ("breast-cancer-predictor-00002", 50),
+            ("breast-cancer-predictor-00001", 50),
         ]
+        assert predictor["latestRolledoutRevision"] == "breast-cancer-predictor-00001"
         (ready,) = status["conditions"]
         assert ready["status"] == "False" and "breast-cancer-predictor-00002" in ready["message"]
         assert "sha256" in ready["message"]
 
         rows = v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:2])
         with httpx.Client() as http:
-            versions = {http.post(f"{server.url}/v2/models/{NAME}/infer", json=rows).json()[
-                "model_version"] for _ in range(100)}  # fmt: skip
-            assert versions == {"1"}
+            answers = [http.post(f"{server.url}/v2/models/{NAME}/infer", json=rows)
+                       for _ in range(100)]  # fmt: skip
+            assert {a.status_code for a in answers} == {200, 503}
+            assert {a.json()["model_version"] for a in answers if a.status_code == 200} == {"1"}
             pinned = http.post(f"{server.url}/v2/models/{NAME}/versions/2/infer", json=rows)
-            assert pinned.status_code == 404
+            assert pinned.status_code == 503 and int(pinned.headers["retry-after"]) >= 1
+            assert "Revision 'breast-cancer-predictor-00002'" in pinned.json()["error"]
+            ready = http.get(f"{server.url}/v2/models/{NAME}/versions/2/ready")
+            assert ready.status_code == 503 and "failed to load" in ready.json()["error"]
+            assert http.get(f"{server.url}/v2/models/{NAME}/versions/1/ready").status_code == 200
         table = mlops(home, "get").stdout.splitlines()
         assert table[1].split()[2] == "False"  # READY, as kubectl get isvc would show it
+        promote = mlops(home, "promote")
+        assert promote.returncode == 1 and "failed to load" in promote.stderr
     finally:
         server.stop()
 

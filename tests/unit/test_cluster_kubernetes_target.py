@@ -1,206 +1,333 @@
-"""The kubernetes deploy target against a thin fake at the ``KServeClient`` boundary."""
+"""The kubernetes deploy target: the real ``KServeClient`` against a fake Kubernetes API.
+
+The fake (``kserve_status_fake``) serves InferenceServices over HTTP on loopback and runs
+KServe's and Knative's status logic behind them, so these tests see what the cluster would show
+between polls, including the two cases where ``status.observedGeneration`` misleads.
+"""
 
 from __future__ import annotations
 
-import copy
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from serving import kubernetes_target
 from serving.deploy import deploy_inference_service, set_canary_traffic
-from serving.inference_service import PredictorSettings, to_dict
+from serving.inference_service import PredictorSettings, build_inference_service
+from tests.unit.kserve_status_fake import FakeCluster, Fault, serve
 
 NS = "kubeflow-user"
-NOT_FOUND = (
-    "Exception when calling CustomObjectsApi->get_namespaced_custom_object: (404)\n"
-    "Reason: Not Found\nHTTP response headers: {}\n"
-    'HTTP response body: {"kind":"Status","message":"inferenceservices.serving.kserve.io '
-    '\\"breast-cancer\\" not found","reason":"NotFound","code":404}'
-)
+NAME = "breast-cancer"
 
 
-class FakeKServeClient:
-    """Keeps InferenceServices as the API would (dicts with generation) and records calls."""
-
-    def __init__(self, ready: bool = True) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[tuple[Any, ...]] = []
-        self.ready = ready
-
-    def _store(self, isvc: Any, namespace: str, generation: int) -> dict[str, Any]:
-        body = to_dict(isvc)
-        body["metadata"]["generation"] = generation
-        body["metadata"]["resourceVersion"] = str(generation * 10)
-        body["status"] = {
-            "observedGeneration": generation,
-            "conditions": [{"type": "Ready", "status": "True" if self.ready else "False"}],
-        }
-        if not self.ready:
-            body["status"]["conditions"][0].update(
-                reason="RevisionFailed", message="Revision failed: model.joblib did not load"
-            )
-        self.objects[(namespace, body["metadata"]["name"])] = body
-        return copy.deepcopy(body)
-
-    def get(self, name: str, namespace: str | None = None, **_: Any) -> dict[str, Any]:
-        self.calls.append(("get", name, namespace))
-        try:
-            return copy.deepcopy(self.objects[(namespace or "default", name)])
-        except KeyError:
-            raise RuntimeError(NOT_FOUND) from None
-
-    def create(self, isvc: Any, namespace: str | None = None, **_: Any) -> dict[str, Any]:
-        self.calls.append(("create", isvc.metadata.name, namespace, to_dict(isvc)))
-        return self._store(isvc, namespace or "default", 1)
-
-    def replace(self, name: str, isvc: Any, namespace: str | None = None, **_: Any) -> Any:
-        self.calls.append(("replace", name, namespace, to_dict(isvc)))
-        current = self.objects[(namespace or "default", name)]
-        return self._store(isvc, namespace or "default", current["metadata"]["generation"] + 1)
-
-    def wait_isvc_ready(self, name: str, namespace: str | None = None, **kwargs: Any) -> None:
-        self.calls.append(("wait", name, namespace, kwargs))
-        if not self.ready:
-            raise RuntimeError(f"Timeout to start the InferenceService {name}. (a long dump)")
-
-    def delete(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - must not happen
-        raise AssertionError("the kubernetes target must never delete an InferenceService")
-
-    def writes(self) -> list[tuple[Any, ...]]:
-        return [c for c in self.calls if c[0] in ("create", "replace")]
-
-    def waits(self) -> list[dict[str, Any]]:
-        return [c[3] for c in self.calls if c[0] == "wait"]
+def _point_kubeconfig_at(url: str, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": {"token": "fake"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "current-context": "fake",
+    }
+    path = directory / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeKServeClient:
-    client = FakeKServeClient()
-    monkeypatch.setattr(kubernetes_target, "_client", lambda: client)
-    return client
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCluster]:
+    found = FakeCluster()
+    monkeypatch.setattr(kubernetes_target, "POLL_INTERVAL_S", 0.01)
+    with serve(found) as url:
+        _point_kubeconfig_at(url, tmp_path, monkeypatch)
+        yield found
 
 
 def _settings(version: int, percent: int | None = 10) -> PredictorSettings:
     return PredictorSettings(
-        name="breast-cancer",
+        name=NAME,
         namespace=NS,
-        storage_uri=f"s3://models/breast-cancer/{version}",
+        storage_uri=_uri(version),
         model_version=version,
         canary_traffic_percent=percent,
         service_account="kserve-minio-sa",
     )
 
 
-def _predictor(body: dict[str, Any]) -> dict[str, Any]:
-    return dict(body["spec"]["predictor"])
+def _uri(version: int) -> str:
+    return f"s3://models/breast-cancer/{version}/"
 
 
-def _deploy(version: int, tmp_path: Path) -> dict[str, Any]:
-    return deploy_inference_service(_settings(version), "kubernetes", tmp_path, timeout_s=30)
+def _deploy(version: int, tmp_path: Path, timeout_s: int = 30, percent: int = 10) -> dict[str, Any]:
+    settings = _settings(version, percent)
+    return deploy_inference_service(settings, "kubernetes", tmp_path, timeout_s)
 
 
-def test_first_deploy_creates_the_inference_service_without_a_canary(
-    fake: FakeKServeClient, tmp_path: Path
+def _traffic(isvc: dict[str, Any]) -> list[tuple[bool, str, int]]:
+    """(latestRevision, revision, percent) of each target, as ``kubectl get isvc`` reads them."""
+    traffic = isvc["status"]["components"]["predictor"]["traffic"]
+    return sorted((t["latestRevision"], t["revisionName"], t["percent"]) for t in traffic)
+
+
+def _rev(number: int) -> str:
+    return f"{NAME}-predictor-{number:05d}"
+
+
+def _returned_at_first_settled_read(cluster: FakeCluster) -> None:
+    """The wait read until the rollout was done, and stopped at the first read showing it."""
+    reads = cluster.reads_after_last_write()
+    assert reads[-1] is True
+    assert not any(reads[:-1])
+
+
+def _stored(cluster: FakeCluster) -> dict[str, Any]:
+    return cluster.objects[(NS, NAME)]
+
+
+def test_first_deploy_creates_the_inference_service_with_all_traffic(
+    cluster: FakeCluster, tmp_path: Path
 ) -> None:
     applied = _deploy(1, tmp_path)
 
-    (write,) = fake.writes()
-    assert write[0] == "create"
-    assert "canaryTrafficPercent" not in _predictor(write[3])
-    assert _predictor(write[3])["serviceAccountName"] == "kserve-minio-sa"
-    assert applied["metadata"]["generation"] == 1
+    assert cluster.methods().count("POST") == 1
+    predictor = _stored(cluster)["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in predictor
+    assert predictor["serviceAccountName"] == "kserve-minio-sa"
+    assert _traffic(applied) == [(True, _rev(1), 100)]
+    _returned_at_first_settled_read(cluster)
 
 
-def test_second_deploy_replaces_it_with_a_canary_at_the_set_percent(
-    fake: FakeKServeClient, tmp_path: Path
+def test_second_deploy_waits_for_its_own_revision_at_the_canary_percent(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    _deploy(1, tmp_path)
+    applied = _deploy(2, tmp_path)
+
+    assert "PUT" in cluster.methods()
+    assert _stored(cluster)["spec"]["predictor"]["model"]["storageUri"] == _uri(2)
+    assert _traffic(applied) == [(False, _rev(1), 90), (True, _rev(2), 10)]
+    assert applied["status"]["components"]["predictor"]["latestReadyRevision"] == _rev(2)
+    _returned_at_first_settled_read(cluster)
+
+
+def test_promote_removes_the_canary_field_and_waits_for_all_traffic(
+    cluster: FakeCluster, tmp_path: Path
 ) -> None:
     _deploy(1, tmp_path)
     _deploy(2, tmp_path)
 
-    kind, name, namespace, body = fake.writes()[-1]
-    assert (kind, name, namespace) == ("replace", "breast-cancer", NS)
-    assert _predictor(body)["canaryTrafficPercent"] == 10
-    assert _predictor(body)["model"]["storageUri"] == "s3://models/breast-cancer/2"
+    applied = set_canary_traffic(NAME, None, "kubernetes", state_dir=tmp_path, namespace=NS)
+
+    assert "canaryTrafficPercent" not in _stored(cluster)["spec"]["predictor"]
+    assert _traffic(applied) == [(True, _rev(2), 100)]
+    assert applied["status"]["components"]["predictor"]["latestRolledoutRevision"] == _rev(2)
+    _returned_at_first_settled_read(cluster)
 
 
-def test_every_write_waits_for_the_generation_the_api_returned(
-    fake: FakeKServeClient, tmp_path: Path
+def test_rollback_of_a_canary_gives_the_previous_revision_everything(
+    cluster: FakeCluster, tmp_path: Path
 ) -> None:
     _deploy(1, tmp_path)
     _deploy(2, tmp_path)
-    kubernetes_target.set_canary_percent("breast-cancer", NS, None, timeout_s=30)
 
-    waits = fake.waits()
-    assert [w["expected_generation"] for w in waits] == [1, 2, 3]
-    assert all(w["timeout_seconds"] == 30 for w in waits)
+    applied = set_canary_traffic(NAME, 0, "kubernetes", state_dir=tmp_path, namespace=NS)
+
+    assert _stored(cluster)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert _traffic(applied) == [(False, _rev(1), 100), (True, _rev(2), 0)]
+    _returned_at_first_settled_read(cluster)
 
 
-def test_promote_removes_the_canary_field(fake: FakeKServeClient, tmp_path: Path) -> None:
+def test_rollback_after_a_full_rollout_waits_until_kserve_repoints_prev(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
     _deploy(1, tmp_path)
     _deploy(2, tmp_path)
+    kubernetes_target.set_canary_percent(NAME, NS, None, timeout_s=30)
 
-    set_canary_traffic("breast-cancer", None, "kubernetes", state_dir=tmp_path, namespace=NS)
+    applied = kubernetes_target.set_canary_percent(NAME, NS, 0, timeout_s=30)
 
-    kind, _, _, body = fake.writes()[-1]
-    assert kind == "replace"
-    assert "canaryTrafficPercent" not in _predictor(body)
-    assert "status" not in body
-    assert _predictor(body)["model"]["storageUri"] == "s3://models/breast-cancer/2"
+    # KServe first sends 100% to the rolled-out revision (the latest itself), then re-points
+    # latestRolledoutRevision at revision 1 and updates the Knative Service once more.
+    assert _traffic(applied) == [(False, _rev(1), 100), (True, _rev(2), 0)]
+    _returned_at_first_settled_read(cluster)
+    assert applied["status"]["observedGeneration"] > applied["metadata"]["generation"]
 
 
-def test_rollback_sets_the_canary_to_zero(fake: FakeKServeClient, tmp_path: Path) -> None:
+def test_a_deploy_after_such_a_rollback_waits_for_its_new_revision(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
     _deploy(1, tmp_path)
     _deploy(2, tmp_path)
+    kubernetes_target.set_canary_percent(NAME, NS, None, timeout_s=30)
+    kubernetes_target.set_canary_percent(NAME, NS, 0, timeout_s=30)
 
-    set_canary_traffic("breast-cancer", 0, "kubernetes", state_dir=tmp_path, namespace=NS)
+    # observedGeneration (the Knative Service's) is already ahead: it proves nothing here.
+    applied = _deploy(3, tmp_path)
 
-    assert _predictor(fake.writes()[-1][3])["canaryTrafficPercent"] == 0
+    assert applied["status"]["components"]["predictor"]["latestReadyRevision"] == _rev(3)
+    assert _traffic(applied) == [(False, _rev(1), 90), (True, _rev(3), 10)]
+    _returned_at_first_settled_read(cluster)
+
+
+@pytest.mark.parametrize("percent", [10, 100])
+def test_a_deploy_retried_after_a_slow_first_rollout_returns_once_the_revision_is_ready(
+    percent: int, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    cluster.slow_uris[_uri(1)] = 10_000
+    with pytest.raises(RuntimeError, match=r"within 1s"):
+        _deploy(1, tmp_path, timeout_s=1)
+    cluster.start_after(3)
+
+    # The retry sends canaryTrafficPercent, which KServe ignores while nothing has rolled out:
+    # the Knative Service does not change for it.
+    applied = _deploy(1, tmp_path, percent=percent)
+
+    assert applied["status"]["components"]["predictor"]["latestReadyRevision"] == _rev(1)
+    _returned_at_first_settled_read(cluster)
+    if percent == 100:
+        # Nothing changes the Knative Service any more: its generation, which KServe reports as
+        # observedGeneration, stays behind the InferenceService's for good.
+        assert _traffic(applied) == [(True, _rev(1), 100)]
+        assert applied["status"]["observedGeneration"] < applied["metadata"]["generation"]
+    else:
+        # Once revision 1 has rolled out, KServe applies the 10% to it on both sides.
+        assert _traffic(applied) == [(False, _rev(1), 90), (True, _rev(1), 10)]
 
 
 def test_a_revision_that_never_becomes_ready_fails_with_its_reason_and_deletes_nothing(
-    fake: FakeKServeClient, tmp_path: Path
+    cluster: FakeCluster, tmp_path: Path
 ) -> None:
     _deploy(1, tmp_path)
-    fake.ready = False
+    cluster.failing_uris.add(_uri(2))
 
-    with pytest.raises(RuntimeError, match=r"breast-cancer generation 2 was not Ready") as info:
+    with pytest.raises(RuntimeError, match=r"breast-cancer was not rolled out within 1s") as info:
+        _deploy(2, tmp_path, timeout_s=1)
+
+    message = str(info.value)
+    assert f"revision {_rev(2)} is not ready" in message
+    assert "RevisionFailed" in message and "model.joblib did not load" in message
+    assert "\n" not in message
+    assert "DELETE" not in cluster.methods()
+    served = cluster.predictor_status(NAME, NS)["traffic"]
+    assert {t["revisionName"] for t in served} == {_rev(1)}
+
+
+def test_get_of_a_missing_inference_service_names_it(cluster: FakeCluster) -> None:
+    with pytest.raises(LookupError, match=r"'breast-cancer' not found in namespace 'kubeflow-user"):
+        kubernetes_target.get(NAME, NS)
+    assert kubernetes_target.exists(NAME, NS) is False
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("failure", ["forbidden", "server error", "no answer"])
+def test_a_failed_lookup_of_an_existing_service_fails_the_deploy_and_creates_nothing(
+    failure: str, cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _deploy(1, tmp_path)
+    before = len(cluster.log)
+    monkeypatch.setattr(kubernetes_target, "BACKOFF_FACTOR_S", 0.0)
+    if failure == "forbidden":
+        expected = "get is forbidden for pipeline-runner"
+        cluster.faults.append(Fault("GET", 403, "Forbidden", expected))
+    elif failure == "server error":
+        cluster.faults += [Fault("GET", 500)] * (kubernetes_target.RETRIES + 1)
+        expected = "injected failure"
+    else:
+        _point_kubeconfig_at(f"http://127.0.0.1:{_closed_port()}", tmp_path, monkeypatch)
+        expected = "did not answer after 5 retries"
+
+    with pytest.raises(RuntimeError) as info:
         _deploy(2, tmp_path)
 
-    assert "model.joblib did not load" in str(info.value)
-    assert "long dump" not in str(info.value)
-
-
-def test_get_of_a_missing_inference_service_names_it(fake: FakeKServeClient) -> None:
-    with pytest.raises(LookupError, match=r"'breast-cancer' not found in namespace 'kubeflow-user"):
-        kubernetes_target.get("breast-cancer", NS)
-    assert kubernetes_target.exists("breast-cancer", NS) is False
-
-
-def test_an_api_refusal_becomes_one_line_with_the_servers_message(
-    fake: FakeKServeClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    def forbidden(*_: Any, **__: Any) -> None:
-        raise RuntimeError(
-            "Exception when calling CustomObjectsApi->create_namespaced_custom_object: (403)\n"
-            "Reason: Forbidden\nHTTP response body: "
-            '{"message":"inferenceservices is forbidden: User \\"system:serviceaccount:'
-            'kubeflow:pipeline-runner\\" cannot create resource","code":403}'
-        )
-
-    monkeypatch.setattr(fake, "create", forbidden)
-    with pytest.raises(RuntimeError) as info:
-        _deploy(1, tmp_path)
     message = str(info.value)
-    assert message.startswith("could not create InferenceService kubeflow-user/breast-cancer")
-    assert 'User "system:serviceaccount:kubeflow:pipeline-runner" cannot create' in message
-    assert "\n" not in message
+    assert message.startswith(f"could not read InferenceService {NS}/{NAME}: ")
+    assert expected in message and "\n" not in message
+    assert [m for m, _ in cluster.log[before:]] == ["GET"] * len(cluster.log[before:])
+    if failure == "server error":  # retried by the client, then given up
+        assert len(cluster.log[before:]) == kubernetes_target.RETRIES + 1
+
+
+def test_transient_api_errors_are_retried_by_the_client(
+    cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kubernetes_target, "BACKOFF_FACTOR_S", 0.0)
+    cluster.faults += [Fault("GET", 503), Fault("POST", 429, "TooManyRequests")]
+    _deploy(1, tmp_path)
+    cluster.faults += [Fault("GET", 502), Fault("PUT", 500), Fault("GET", 504)]
+
+    applied = _deploy(2, tmp_path)
+
+    assert _traffic(applied) == [(False, _rev(1), 90), (True, _rev(2), 10)]
+    assert cluster.faults == []
+    assert cluster.methods().count("POST") == 2  # the refused one and its retry
+
+
+def test_a_create_whose_answer_was_lost_finds_its_own_object(
+    cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kubernetes_target, "BACKOFF_FACTOR_S", 0.0)
+    cluster.faults.append(Fault("POST", 504, "Timeout", "the answer was lost", processed=True))
+
+    applied = _deploy(1, tmp_path)
+
+    assert cluster.methods().count("POST") == 2  # the retry got 409 AlreadyExists
+    assert _traffic(applied) == [(True, _rev(1), 100)]
+
+
+def test_a_create_that_finds_another_object_fails(cluster: FakeCluster, tmp_path: Path) -> None:
+    _deploy(1, tmp_path)
+    # Someone else's object under the name: the first-deploy create must not take it over.
+    isvc = build_inference_service(_settings(2, None))
+    with pytest.raises(RuntimeError, match="could not create .*already exists"):
+        kubernetes_target.apply(isvc, timeout_s=30, create=True)
+    assert _stored(cluster)["spec"]["predictor"]["model"]["storageUri"] == _uri(1)
+
+
+def test_a_replace_refused_by_a_concurrent_change_is_redone_on_a_fresh_read(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    _deploy(1, tmp_path)
+    cluster.faults.append(Fault("PUT", 409, "Conflict", "the object has been modified"))
+
+    applied = _deploy(2, tmp_path)
+
+    assert _traffic(applied) == [(False, _rev(1), 90), (True, _rev(2), 10)]
+    writes = [i for i, m in enumerate(cluster.methods()) if m == "PUT"]
+    assert len(writes) == 2 and "GET" in cluster.methods()[writes[0] : writes[1]]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "reason"),
+    [("POST", 403, "Forbidden"), ("POST", 422, "Invalid"), ("PUT", 400, "BadRequest")],
+)
+def test_a_deterministic_api_refusal_is_not_retried_and_says_why_in_one_line(
+    method: str, status: int, reason: str, cluster: FakeCluster, tmp_path: Path
+) -> None:
+    if method == "PUT":
+        _deploy(1, tmp_path)
+    message = 'User "system:serviceaccount:kubeflow:pipeline-runner" cannot do this'
+    cluster.faults.append(Fault(method, status, reason, message))
+
+    with pytest.raises(RuntimeError) as info:
+        _deploy(1 if method == "POST" else 2, tmp_path)
+
+    verb = "create" if method == "POST" else "replace"
+    assert str(info.value) == f"could not {verb} InferenceService {NS}/{NAME}: {message}"
+    assert cluster.methods().count(method) == 1
 
 
 def test_a_canary_percent_outside_the_range_is_refused_before_any_call(
-    fake: FakeKServeClient,
+    cluster: FakeCluster,
 ) -> None:
     with pytest.raises(ValueError, match="within 0..100"):
-        kubernetes_target.set_canary_percent("breast-cancer", NS, 101, timeout_s=30)
-    assert fake.calls == []
+        kubernetes_target.set_canary_percent(NAME, NS, 101, timeout_s=30)
+    assert cluster.log == []

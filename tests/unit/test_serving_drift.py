@@ -60,3 +60,23 @@ def test_a_large_request_adds_an_even_sample_of_its_rows(breast_cancer: pd.DataF
     rows = breast_cancer[features].to_numpy(dtype=float)
     monitor.observe(np.concatenate([rows, rows]))  # 1138 rows
     assert monitor.rows == 95  # every 12th row
+
+
+def test_an_empty_reference_or_served_bin_gives_a_finite_psi() -> None:
+    reference = np.array([0.0, 0.5, 0.5])  # no training row fell in the first bin
+    served_in_empty_bin = np.array([10, 5, 5])
+    value = psi(reference, served_in_empty_bin)
+    assert np.isfinite(value) and value > 0.25
+    nothing_served_in_a_bin = psi(np.array([0.2, 0.4, 0.4]), np.array([0, 10, 10]))
+    assert np.isfinite(nothing_served_in_a_bin) and nothing_served_in_a_bin > 0
+    assert np.isfinite(psi(reference, np.array([0, 10, 10])))
+
+
+def test_the_monitor_reports_a_finite_psi_for_values_outside_every_training_bin(
+    breast_cancer: pd.DataFrame,
+) -> None:
+    features = [c for c in breast_cancer.columns if c != "target"]
+    monitor = DriftMonitor(features, reference_statistics(breast_cancer, "target"))
+    far = breast_cancer[features].to_numpy(dtype=float)[:50] * 100
+    monitor.observe(far)
+    assert all(np.isfinite(f.psi) and f.psi > 0.25 for f in monitor.report())

@@ -55,7 +55,7 @@ def test_v1_instances_become_rows() -> None:
         (v2([1, 3], [1, float("nan"), 2]), r"feature 'b' \(column 1\) is nan"),
         (v2([1, 3], [1, 2, float("inf")]), r"feature 'c' \(column 2\) is inf"),
         ({"instances": [[1, 2]]}, r"'instances\[0\]' has 2 values"),
-        ({"instances": [[1, "x", 2]]}, r"'instances\[0\]\[1\]' \(feature 'b'\) is 'x'"),
+        ({"instances": [[1, "x", 2]]}, r"'instances\[0\]\[1\]' \(feature 'b'\) is a str"),
         ({"instances": []}, "non-empty list"),
         ({"rows": [[1, 2, 3]]}, "has no 'instances'"),
         (b"raw", "not JSON"),

@@ -1,0 +1,369 @@
+"""A Kubernetes API for InferenceServices on loopback, with KServe's and Knative's status logic.
+
+The fake sits at the Kubernetes API boundary: the real ``KServeClient`` (and the kubernetes
+client's urllib3 pool under it) talks HTTP to it. Behind the API it models what the cluster does
+with an InferenceService in Knative mode, after KServe v0.20.0:
+
+- ``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go``
+  (``createKnativeService``): the Knative Service's traffic comes from ``canaryTrafficPercent``
+  and the status's ``latestRolledoutRevision``; the percent is ignored (latest gets 100%) while
+  nothing has rolled out; the Knative Service is updated only when it differs.
+- ``pkg/apis/serving/v1beta1/inference_service_status.go`` (``PropagateStatus``): the
+  ``latestRolledoutRevision`` / ``previousRolledoutRevision`` bookkeeping, including the
+  rollback branch that re-points ``latestRolledoutRevision`` at the previous one, and
+  ``status.observedGeneration`` copied from the Knative Service, not the InferenceService.
+- Knative Serving: one revision per template change, ``latestRevision`` targets routed to the
+  latest *ready* revision, the Service's ``observedGeneration`` its own generation.
+
+Each GET of an InferenceService first runs one controller round (KServe reconciles with the
+status it has, then Knative reconciles), so successive polls see a rollout progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+_PATH = re.compile(
+    r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$"
+)
+_TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """The answer to the next request of ``method``; ``processed``: done, then the answer lost."""
+
+    method: str
+    status: int
+    reason: str = "InternalError"
+    message: str = "injected failure"
+    processed: bool = False
+
+
+@dataclass
+class Revision:
+    """A Knative revision: ``ready`` is None while it starts, then True or False."""
+
+    name: str
+    template: dict[str, Any]
+    rounds_to_start: int
+    ready: bool | None = None
+
+
+@dataclass
+class KnativeService:
+    """The predictor's Knative Service: spec (template, traffic) and the status Knative writes."""
+
+    name: str
+    generation: int = 0
+    template: dict[str, Any] | None = None
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    revisions: list[Revision] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+def ksvc_traffic(canary: int | None, rolled_out: str, tags: bool) -> list[dict[str, Any]]:
+    """``createKnativeService``: the traffic block KServe writes into the Knative Service."""
+    latest: dict[str, Any] = {"latestRevision": True, "percent": 100}
+    if tags:
+        latest["tag"] = "latest"
+    if canary is None or not rolled_out:
+        return [latest]
+    targets = [{**latest, "percent": canary}]
+    if canary < 100:
+        prev = {"revisionName": rolled_out, "latestRevision": False, "percent": 100 - canary}
+        targets.append(prev | {"tag": "prev"})
+    return targets
+
+
+def propagate_status(status: dict[str, Any], service: dict[str, Any]) -> None:
+    """``PropagateStatus`` for the predictor: copy the Knative Service's status into ``status``."""
+    spec = dict(status.get("components", {}).get("predictor", {}))
+    latest_ready = service.get("latestReadyRevisionName", "")
+    spec["latestCreatedRevision"] = service.get("latestCreatedRevisionName", "")
+    per_revision: dict[str, int] = {}
+    for target in service.get("traffic", []):
+        if target.get("percent") is not None:
+            name = target.get("revisionName", "")
+            per_revision[name] = per_revision.get(name, 0) + target["percent"]
+    for target in service.get("traffic", []):
+        if target.get("revisionName") != latest_ready or not target.get("latestRevision"):
+            continue
+        percent = target.get("percent")
+        if spec.get("latestRolledoutRevision", "") != latest_ready:
+            if percent == 100:  # the last revision that is fully rolled out
+                spec["previousRolledoutRevision"] = spec.get("latestRolledoutRevision", "")
+                spec["latestRolledoutRevision"] = latest_ready
+        elif (
+            latest_ready == spec["latestCreatedRevision"] and percent is not None and percent < 100
+        ):
+            # Rolled out with 100%, then rolled back: KServe re-points latestRolledoutRevision
+            # when the traffic on this revision still adds up to 100.
+            previous = spec.get("previousRolledoutRevision", "")
+            if per_revision.get(latest_ready) == 100 and previous:
+                spec["latestRolledoutRevision"] = previous
+    spec["latestReadyRevision"] = latest_ready
+    conditions = {c["type"]: c for c in service.get("conditions", [])}
+    ready = conditions.get("Ready")
+    if ready and ready["status"] == "True":
+        spec["url"] = service.get("url", "")
+    for ours, theirs in (
+        ("PredictorReady", "Ready"),
+        ("PredictorRouteReady", "RoutesReady"),
+        ("PredictorConfigurationReady", "ConfigurationsReady"),
+    ):
+        if theirs in conditions:
+            _set_condition(status, {**conditions[theirs], "type": ours})
+    spec["traffic"] = copy.deepcopy(service.get("traffic", []))
+    status.setdefault("components", {})["predictor"] = {k: v for k, v in spec.items() if v != ""}
+    status["observedGeneration"] = service.get("observedGeneration", 0)
+    # The isvc's Ready follows PredictorReady (IngressReady is taken as True here).
+    conditions = status.get("conditions", [])
+    predictor = next((c for c in conditions if c["type"] == "PredictorReady"), None)
+    if predictor:
+        _set_condition(status, {**predictor, "type": "Ready"})
+        if predictor["status"] == "True":
+            status["url"] = spec["url"]
+
+
+def _set_condition(status: dict[str, Any], condition: dict[str, Any]) -> None:
+    conditions = [c for c in status.setdefault("conditions", []) if c["type"] != condition["type"]]
+    status["conditions"] = [*conditions, condition]
+
+
+def _condition(kind: str, state: str, reason: str = "", message: str = "") -> dict[str, Any]:
+    found = {"type": kind, "status": state, "reason": reason, "message": message}
+    return {k: v for k, v in found.items() if v}
+
+
+class FakeCluster:
+    """InferenceServices behind a Kubernetes-shaped HTTP API; see the module docstring.
+
+    Attributes:
+        failing_uris: storageUris whose revisions fail (the model does not load).
+        slow_uris: storageUri -> controller rounds its revision needs to start (default 1).
+        faults: answers to the next requests, in order (see ``Fault``).
+        log: (method, settled) per request; ``settled`` (GETs only) says whether a further
+            controller round would change nothing.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], KnativeService] = {}
+        self.failing_uris: set[str] = set()
+        self.slow_uris: dict[str, int] = {}
+        self.faults: list[Fault] = []
+        self.log: list[tuple[str, bool | None]] = []
+        self._lock = threading.Lock()
+        self._version = 0
+
+    # -- the controllers ------------------------------------------------------------------
+
+    def _round(self, key: tuple[str, str]) -> None:
+        isvc = self.objects[key]
+        service = self.services.setdefault(key, KnativeService(f"{key[1]}-predictor"))
+        predictor = isvc["spec"]["predictor"]
+        status = isvc.setdefault("status", {})
+        rolled_out = status.get("components", {}).get("predictor", {})
+        template = {
+            "spec": {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"},
+            "labels": isvc["metadata"].get("labels", {}),
+            "annotations": isvc["metadata"].get("annotations", {}),
+        }
+        tags = isvc["metadata"].get("annotations", {}).get(_TAG_ROUTING) == "true"
+        traffic = ksvc_traffic(
+            predictor.get("canaryTrafficPercent"),
+            rolled_out.get("latestRolledoutRevision", ""),
+            tags,
+        )
+        if (template, traffic) != (service.template, service.traffic):
+            service.template, service.traffic = template, traffic
+            service.generation += 1
+        propagate_status(status, service.status)  # the status KServe read before its update
+        self._version += 1
+        isvc["metadata"]["resourceVersion"] = str(self._version)
+        self._knative(service)
+
+    def _knative(self, service: KnativeService) -> None:
+        assert service.template is not None
+        latest = service.revisions[-1] if service.revisions else None
+        if latest is None or latest.template != service.template:
+            uri = service.template["spec"]["model"]["storageUri"]
+            number = len(service.revisions) + 1
+            latest = Revision(
+                f"{service.name}-{number:05d}", service.template, self.slow_uris.get(uri, 1)
+            )
+            service.revisions.append(latest)
+        elif latest.ready is None:
+            latest.rounds_to_start -= 1
+            if latest.rounds_to_start <= 0:
+                uri = latest.template["spec"]["model"]["storageUri"]
+                latest.ready = uri not in self.failing_uris
+        ready = next((r for r in reversed(service.revisions) if r.ready), None)
+        routed = []
+        for target in service.traffic:
+            if target["latestRevision"]:
+                if ready is None:
+                    continue
+                target = {**target, "revisionName": ready.name}
+            routed.append(target)
+        configuration = {
+            None: _condition("ConfigurationsReady", "Unknown", "RevisionMissing"),
+            True: _condition("ConfigurationsReady", "True"),
+            False: _condition(
+                "ConfigurationsReady",
+                "False",
+                "RevisionFailed",
+                f'Revision "{latest.name}" failed with message: model.joblib did not load.',
+            ),
+        }[latest.ready]
+        route = _condition("RoutesReady", "True" if ready else "Unknown")
+        worst = next((c for c in (configuration, route) if c["status"] != "True"), None)
+        service.status = {
+            "observedGeneration": service.generation,
+            "latestCreatedRevisionName": latest.name,
+            "latestReadyRevisionName": ready.name if ready else "",
+            "traffic": routed,
+            "url": f"http://{service.name}.example.com",
+            "conditions": [configuration, route, {**(worst or route), "type": "Ready"}],
+        }
+
+    def _settled(self, key: tuple[str, str]) -> bool:
+        """Whether another controller round would change nothing (InferenceService or ksvc)."""
+        saved = (copy.deepcopy(self.objects), copy.deepcopy(self.services), self._version)
+        now = self._snapshot(key)
+        self._round(key)
+        after = self._snapshot(key)
+        self.objects, self.services, self._version = saved
+        return now == after
+
+    def _snapshot(self, key: tuple[str, str]) -> tuple[dict[str, Any], KnativeService]:
+        isvc = copy.deepcopy(self.objects[key])
+        isvc["metadata"].pop("resourceVersion")
+        return isvc, copy.deepcopy(self.services[key])
+
+    # -- the API --------------------------------------------------------------------------
+
+    def handle(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
+        """Answer one API request as the Kubernetes API server would."""
+        fault = next((f for f in self.faults if f.method == method), None)
+        if fault is None:
+            return self._answer(method, namespace, name, body)
+        self.faults.remove(fault)
+        if fault.processed:
+            self._answer(method, namespace, name, body)
+        else:
+            self.log.append((method, None))
+        return _status(fault.status, fault.reason, fault.message)
+
+    def _answer(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
+        key = (namespace, name or body["metadata"]["name"])
+        settled = None
+        if method == "GET" and key in self.objects:
+            self._round(key)
+            settled = self._settled(key)
+        self.log.append((method, settled))
+        if method == "POST":
+            if key in self.objects:
+                return _status(409, "AlreadyExists", f'inferenceservices "{key[1]}" already exists')
+            stored = {k: v for k, v in body.items() if k != "status"}
+            stored["metadata"] |= {"namespace": namespace, "generation": 1, "uid": key[1]}
+            self.objects[key] = stored
+            self._version += 1
+            stored["metadata"]["resourceVersion"] = str(self._version)
+            return _json(201, stored)
+        if key not in self.objects:
+            return _status(404, "NotFound", f'inferenceservices "{key[1]}" not found')
+        current = self.objects[key]
+        if method == "GET":
+            return _json(200, current)
+        if method == "PUT":
+            wanted = body["metadata"].get("resourceVersion")
+            if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+                return _status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on inferenceservices "{key[1]}": the object '
+                    "has been modified; please apply your changes to the latest version",
+                )
+            generation = current["metadata"]["generation"]
+            if body["spec"] != current["spec"]:
+                generation += 1
+            self._version += 1
+            current["metadata"] = body["metadata"] | {
+                "namespace": namespace,
+                "generation": generation,
+                "resourceVersion": str(self._version),
+            }
+            current["spec"] = body["spec"]
+            return _json(200, current)
+        return _status(405, "MethodNotAllowed", f"{method} is not allowed here")
+
+    def reads_after_last_write(self) -> list[bool | None]:
+        """``settled`` of each GET since the last create or replace."""
+        writes = [i for i, (method, _) in enumerate(self.log) if method in ("POST", "PUT")]
+        return [settled for method, settled in self.log[writes[-1] + 1 :] if method == "GET"]
+
+    def methods(self) -> list[str]:
+        """The methods of all requests so far, in order."""
+        return [method for method, _ in self.log]
+
+    def start_after(self, rounds: int) -> None:
+        """Let every revision still starting become ready (or fail) after ``rounds`` rounds."""
+        for service in self.services.values():
+            for revision in service.revisions:
+                if revision.ready is None:
+                    revision.rounds_to_start = rounds
+
+    def predictor_status(self, name: str, namespace: str) -> dict[str, Any]:
+        """The stored ``status.components.predictor`` (no controller round)."""
+        return dict(self.objects[(namespace, name)]["status"]["components"]["predictor"])
+
+    def wsgi(self, environ: Any, start_response: Any) -> Any:
+        """The WSGI application."""
+        request = Request(environ)
+        found = _PATH.match(request.path)
+        if not found:
+            response = _status(404, "NotFound", f"no route {request.path}")
+        else:
+            body = json.loads(request.get_data() or b"null")
+            with self._lock:
+                response = self.handle(request.method, found.group(1), found.group(2), body)
+        return response(environ, start_response)
+
+
+def _json(code: int, body: Any) -> Response:
+    return Response(json.dumps(body), status=code, content_type="application/json")
+
+
+def _status(code: int, reason: str, message: str) -> Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message}
+    return _json(code, body | {"reason": reason, "code": code})
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        """No access log: the tests read ``FakeCluster.log``."""
+
+
+@contextmanager
+def serve(cluster: FakeCluster) -> Iterator[str]:
+    """Serve ``cluster`` on a free loopback port; yields its URL (use in a fixture)."""
+    server = make_server("127.0.0.1", 0, cluster.wsgi, threaded=True, request_handler=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
