@@ -443,7 +443,7 @@ def forget_server(name: str, url: str, state_dir: Path) -> None:
     with _locked(path):
         try:
             state = read_state(name, state_dir)
-        except NotDeployedError:
+        except (NotDeployedError, StateFileError):  # nothing that can be read points at us
             return
         if state.get("server", {}).get("url") != url:
             return
