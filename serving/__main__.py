@@ -13,6 +13,8 @@ from pathlib import Path
 from kserve import model_server
 
 from mlops.settings import DEFAULT_MODEL_NAME, state_dir
+from serving.auth import read_token
+from serving.limits import ConnectionLimits
 from serving.server import DEFAULT_MAX_BODY_BYTES, ServerSettings, run_server
 
 
@@ -23,6 +25,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--poll_interval", type=float, default=0.5, help="state file checks (s)")
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
+    parser.add_argument(
+        "--auth_token_file", type=Path, default=None, help="bearer token (or MLOPS_SERVING_TOKEN)"
+    )
+    parser.add_argument(
+        "--allow_unauthenticated", action="store_true", help="no token beyond loopback"
+    )
+    defaults = ConnectionLimits()
+    parser.add_argument("--max_header_bytes", type=int, default=defaults.max_header_bytes)
+    parser.add_argument("--header_timeout", type=float, default=defaults.header_timeout_s)
+    parser.add_argument("--body_timeout", type=float, default=defaults.body_timeout_s)
+    parser.add_argument("--max_connections", type=int, default=defaults.max_connections)
     return parser.parse_args(argv)
 
 
@@ -39,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
             port=args.http_port,
             poll_interval_s=args.poll_interval,
             max_body_bytes=args.max_body_bytes,
+            auth_token=read_token(args.auth_token_file),
+            allow_unauthenticated=args.allow_unauthenticated,
+            limits=ConnectionLimits(
+                args.max_header_bytes, args.header_timeout, args.body_timeout, args.max_connections
+            ),
         )
     )
 

@@ -122,11 +122,17 @@ def v2_request(rows: Rows, probabilities: bool = False) -> dict[str, Any]:
 class V2Client:
     """Talks v2 to one model of a server."""
 
-    def __init__(self, base_url: str, model_name: str, timeout_s: float = 30.0) -> None:
-        """Connect to ``base_url`` (e.g. ``http://127.0.0.1:8080``) for ``model_name``."""
+    def __init__(
+        self, base_url: str, model_name: str, timeout_s: float = 30.0, token: str | None = None
+    ) -> None:
+        """Connect to ``base_url`` (e.g. ``http://127.0.0.1:8080``) for ``model_name``.
+
+        ``token`` is sent as ``Authorization: Bearer <token>`` (``mlops serve`` with a token).
+        """
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, headers=headers)
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -179,6 +185,8 @@ class V2Client:
                 message = response.json().get("error", response.text)
             except ValueError:
                 message = response.text
+            if response.status_code == 401:
+                message += " (set MLOPS_SERVING_TOKEN or pass --auth-token-file)"
             raise ServingError(f"{method} {path} answered {response.status_code}: {message}")
         return response
 

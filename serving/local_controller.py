@@ -433,6 +433,28 @@ def record_server(name: str, url: str, state_dir: Path) -> dict[str, Any]:
         return dict(state["inferenceService"])
 
 
+def forget_server(name: str, url: str, state_dir: Path) -> None:
+    """Clear the recorded server address if it is still ``url`` (a stopping server calls this).
+
+    Another server that recorded its own address meanwhile keeps it. Without a server, the
+    status URLs are the cluster-style ones a deploy writes.
+    """
+    path = state_path(name, state_dir)
+    with _locked(path):
+        try:
+            state = read_state(name, state_dir)
+        except (NotDeployedError, StateFileError):  # nothing that can be read points at us
+            return
+        if state.get("server", {}).get("url") != url:
+            return
+        del state["server"]
+        isvc = state["inferenceService"]
+        namespace = isvc.get("metadata", {}).get("namespace", "default")
+        default_url = f"http://{name}.{namespace}.example.com"
+        _set_urls(isvc.setdefault("status", {}), name, default_url, local=False)
+        _write_state(state, path)
+
+
 def traffic_targets(state: dict[str, Any]) -> list[TrafficTarget]:
     """The revisions that receive traffic, with what they serve, in the order of the status."""
     revisions = state["revisions"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -41,6 +42,14 @@ LATENCY = Histogram(
 )
 # Before routing (e.g. a body that is not JSON) no revision is known.
 NO_REVISION = "none"
+# The label of requests for a model this server does not serve: names in URLs are the client's
+# choice, and every distinct label value is a series Prometheus keeps for ever. Not a valid
+# Kubernetes name, so no served model can have it.
+UNKNOWN_MODEL = "_unknown"
+# Request ids are echoed and logged: a short token of URL-safe characters (a UUID, a W3C trace
+# id, a hex digest); any other value is replaced by a generated id, which the response carries.
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
+_MODEL_CHARS = 128
 REQUEST_LOGGER = "mlops.serving.requests"
 _ERROR_CHARS = 300
 
@@ -104,15 +113,19 @@ def _model_from_path(path: str) -> str | None:
 class ObservabilityMiddleware:
     """Limits body size and, for inference requests, records metrics and one JSON log line."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, model_names: frozenset[str] = frozenset()
+    ) -> None:
         """Wrap ``app``.
 
         Args:
             app: The ASGI application (KServe's FastAPI app).
             max_body_bytes: Larger request bodies get 413 without being read.
+            model_names: The models served; metrics label any other name ``_unknown``.
         """
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.model_names = model_names
         self.logger = logging.getLogger(REQUEST_LOGGER)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,12 +139,16 @@ class ObservabilityMiddleware:
             return
         start = time.perf_counter()
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
-        if b"x-request-id" not in headers:
+        given = headers.get(b"x-request-id")
+        if given is not None and REQUEST_ID.fullmatch(given):
+            request_id = given.decode("ascii")
+        else:
+            request_id = uuid.uuid4().hex
             # So KServe's own latency log and the response carry the same id.
-            scope["headers"] = [*scope.get("headers", []), (b"x-request-id", request_id.encode())]
+            others = [(k, v) for k, v in scope.get("headers", []) if k != b"x-request-id"]
+            scope["headers"] = [*others, (b"x-request-id", request_id.encode())]
         _default_to_json(scope, headers)
-        info = RequestInfo(request_id=request_id, model=model)
+        info = RequestInfo(request_id=request_id, model=model[:_MODEL_CHARS])
         token = _CURRENT.set(info)
         error = bytearray()
 
@@ -211,7 +228,8 @@ class ObservabilityMiddleware:
         await send({"type": "http.response.body", "body": body})
 
     def _record(self, info: RequestInfo) -> None:
-        labels = (info.model, info.revision, info.model_version)
+        model = info.model if info.model in self.model_names else UNKNOWN_MODEL
+        labels = (model, info.revision, info.model_version)
         code = str(info.status)
         _child(REQUESTS, (*labels, code)).inc()
         _child(LATENCY, labels).observe(info.latency_ms / 1000)

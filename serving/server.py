@@ -3,7 +3,10 @@
 KServe's own server answers v1 and v2 and ``/metrics``; this adds, on the same FastAPI app:
 the ``/versions/{version}`` routes and a faster infer route (``serving.routes``), the
 request-size limit, per-revision metrics and JSON request logs, drift gauges, and 422s for
-request bodies that do not parse, in KServe's ``{"error": ...}`` shape.
+request bodies that do not parse, in KServe's ``{"error": ...}`` shape. It takes away KServe's
+model repository extension (``/v2/repository/.../load|unload``): the revisions follow the
+InferenceService, and a request must not be able to take them down. Optional bearer-token
+auth (``serving.auth``) and connection limits (``serving.limits``) make it safe to expose.
 """
 
 from __future__ import annotations
@@ -14,12 +17,13 @@ import logging
 import socket
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import InvalidInput, ModelNotFound
@@ -28,8 +32,12 @@ from kserve.protocol.rest.server import RESTServer
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import ClientDisconnect
 
 from serving import local_controller
+from serving.auth import AuthMiddleware, check_exposure, is_loopback
+from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_limit
 from serving.observability import ObservabilityMiddleware, configure_request_log
 from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
 from serving.runtime import CanaryRouter, RevisionUnavailable
@@ -50,6 +58,9 @@ class ServerSettings:
         port: HTTP port.
         poll_interval_s: How often the state file is checked for deploys, promotes, rollbacks.
         max_body_bytes: Larger request bodies are refused with 413.
+        auth_token: Bearer token every request but the health probes must carry; None for none.
+        allow_unauthenticated: Listen on a non-loopback ``host`` without a token.
+        limits: Header size, read deadlines and the connection cap.
     """
 
     name: str
@@ -58,6 +69,9 @@ class ServerSettings:
     port: int = DEFAULT_PORT
     poll_interval_s: float = 0.5
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    auth_token: str | None = field(default=None, repr=False)
+    allow_unauthenticated: bool = False
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -66,6 +80,7 @@ class ServerSettings:
             raise ValueError(f"poll_interval_s must be within (0, 60], got {self.poll_interval_s}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be at least 1024, got {self.max_body_bytes}")
+        check_exposure(self.host, self.auth_token, self.allow_unauthenticated)
 
     @property
     def url(self) -> str:
@@ -74,13 +89,37 @@ class ServerSettings:
         return f"http://{host}:{self.port}"
 
 
+class LocalDataPlane(DataPlane):
+    """KServe's DataPlane, ready only when its models are, without the repository extension.
+
+    KServe's ``ready()`` answers True whatever the models' state (``/v2/health/ready`` said
+    ready with every model gone); here it is true exactly when every registered model is ready,
+    which for the canary router means some revision takes traffic.
+    """
+
+    async def ready(self) -> bool:
+        """Whether some model is registered and every registered model is ready."""
+        models = list(self.model_registry.get_models().values())
+        return bool(models) and all([await model.healthy() for model in models])
+
+    def metadata(self) -> dict[str, Any]:
+        """KServe's server metadata, without the model repository extension."""
+        metadata: dict[str, Any] = super().metadata()
+        metadata["extensions"] = [
+            e for e in metadata.get("extensions", []) if e != "model_repository_extension"
+        ]
+        return metadata
+
+
 class LocalModelServer(ModelServer):
     """KServe's ModelServer, REST only, bound to ``host`` instead of every interface."""
 
-    def __init__(self, host: str, **kwargs: Any) -> None:
+    def __init__(self, host: str, limits: ConnectionLimits, **kwargs: Any) -> None:
         """Create the server; ``kwargs`` go to ``kserve.ModelServer``."""
         super().__init__(**kwargs)
         self.host = host
+        self.limits = limits
+        self.dataplane = LocalDataPlane(model_registry=self.registered_models)
 
     def start(self, models: list[Any]) -> None:
         """Register ``models`` and serve until SIGINT/SIGTERM (KServe's single-worker path)."""
@@ -96,6 +135,8 @@ class LocalModelServer(ModelServer):
         )
         # RESTServer hard-codes 0.0.0.0; uvicorn reads the host only when it binds.
         rest.config.host = self.host
+        # uvicorn's own protocol (httptools) with the bounds it lacks; see serving.limits.
+        rest.config.http = bounded_protocol(self.limits)
         self._rest_server = rest
         self.servers.append(rest.start())
         # KServe hands `event_loop` to uvicorn's config but then starts with asyncio.run, which
@@ -155,11 +196,61 @@ class _NoTracebackForBadRequests(logging.Filter):
         return True
 
 
-def install(app: FastAPI, router: CanaryRouter, dataplane: DataPlane, max_body_bytes: int) -> None:
-    """Add the version routes, middleware and handlers to KServe's app (before it starts)."""
+# The Host a browser sends to a loopback server. Any other name reaching it is DNS rebinding: a web
+# page whose own host name now resolves to 127.0.0.1, which the browser treats as same-origin.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+_REPOSITORY_REFUSED = (
+    "the model repository extension is not served here: the revisions follow the "
+    "InferenceService (mlops run deploys, mlops promote / rollback move traffic)"
+)
+
+
+async def _no_repository(request: Request) -> JSONResponse:
+    return JSONResponse({"error": _REPOSITORY_REFUSED}, status_code=404)
+
+
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    """A body cut off (the client left, or ``serving.limits`` timed it out): no traceback.
+
+    Nothing reaches the client; the status and error are for the request log.
+    """
+    error = "the request body did not arrive in full: the client disconnected or was too slow"
+    return JSONResponse({"error": error}, status_code=408)
+
+
+def install(
+    app: FastAPI,
+    router: CanaryRouter,
+    dataplane: DataPlane,
+    max_body_bytes: int,
+    auth_token: str | None = None,
+    host: str = "127.0.0.1",
+) -> None:
+    """Add the version routes, middleware and handlers to KServe's app (before it starts).
+
+    Registered before KServe's own routes, the ``/v2/repository/...`` route here is the one
+    that matches: KServe's load/unload handlers are never reached. Bound to loopback, the
+    server answers only requests addressed to a loopback name (400 otherwise).
+    """
+    app.add_api_route(
+        "/v2/repository/{path:path}",
+        _no_repository,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
     app.include_router(V2Routes(router, dataplane).api_router())
-    app.add_middleware(ObservabilityMiddleware, max_body_bytes=max_body_bytes)
+    # The last added runs first: requests are logged and counted, then authenticated.
+    if is_loopback(host):
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
+    app.add_middleware(AuthMiddleware, token=auth_token)
+    app.add_middleware(
+        ObservabilityMiddleware,
+        max_body_bytes=max_body_bytes,
+        model_names=frozenset({router.name}),
+    )
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RevisionUnavailable, revision_unavailable_handler)
     REGISTRY.register(ServingCollector(router))
 
@@ -198,8 +289,40 @@ def _check_port(host: str, port: int) -> None:
             ) from err
 
 
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/v2/health/live", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _record_server(settings: ServerSettings) -> bool:
+    """Record this server's URL in the state, unless another server there still answers.
+
+    Returns:
+        Whether the URL was recorded (and must be forgotten when this server stops).
+    """
+    state = local_controller.read_state(settings.name, settings.state_dir)
+    recorded = state.get("server", {}).get("url")
+    if recorded and recorded != settings.url and _answers(recorded):
+        logging.getLogger("mlops.serving").warning(
+            "the state keeps pointing at %s, which still answers; mlops predict and mlops get "
+            "use that server unless given --url %s",
+            recorded,
+            settings.url,
+        )
+        return False
+    local_controller.record_server(settings.name, settings.url, settings.state_dir)
+    return True
+
+
 def run_server(settings: ServerSettings) -> None:
     """Serve ``settings.name`` from the local state until interrupted.
+
+    The server's URL goes into the state once its revisions are loaded, and out again when it
+    stops (if it is still the one recorded).
 
     Raises:
         local_controller.NotDeployedError: When nothing named ``settings.name`` is deployed.
@@ -210,7 +333,7 @@ def run_server(settings: ServerSettings) -> None:
 
     _check_port(settings.host, settings.port)
     _configure_logging()
-    local_controller.record_server(settings.name, settings.url, settings.state_dir)
+    limits = fit_to_open_file_limit(settings.limits)
     router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)
     router.load()
     if not router.ready:
@@ -220,14 +343,27 @@ def run_server(settings: ServerSettings) -> None:
         raise RuntimeError(f"no revision of {settings.name!r} could be loaded: {why or 'unknown'}")
     server = LocalModelServer(
         settings.host,
+        limits,
         http_port=settings.port,
         enable_grpc=False,
         enable_latency_logging=False,
         enable_docs_url=False,
     )
-    install(kserve.model_server.app, router, server.dataplane, settings.max_body_bytes)
+    install(
+        kserve.model_server.app,
+        router,
+        server.dataplane,
+        settings.max_body_bytes,
+        settings.auth_token,
+        settings.host,
+    )
     # What is loaded now lives as long as the server: keep it out of the collector's full
     # passes, which otherwise walk every object of KServe, FastAPI and the models.
     gc.collect()
     gc.freeze()
-    server.start([router])
+    recorded = _record_server(settings)
+    try:
+        server.start([router])
+    finally:
+        if recorded:
+            local_controller.forget_server(settings.name, settings.url, settings.state_dir)

@@ -20,6 +20,18 @@ _URL = click.option(
 _NAME = click.option(
     "--name", default=DEFAULT_MODEL_NAME, show_default=True, help="InferenceService / model name."
 )
+_TOKEN_FILE = click.option(
+    "--auth-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File holding the server's bearer token [default: MLOPS_SERVING_TOKEN, else none].",
+)
+
+
+def _token(token_file: Path | None) -> str | None:
+    from serving.auth import read_token
+
+    return read_token(token_file)
 
 
 def _server_url(url: str | None, name: str) -> str:
@@ -54,12 +66,62 @@ def _server_url(url: str | None, name: str) -> str:
     type=int,
     help="Larger request bodies get 413.",
 )
-def serve(name: str, host: str, port: int, poll_interval: float, max_body_bytes: int) -> None:
+@_TOKEN_FILE
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Serve without a token on a --host other than loopback (refused otherwise).",
+)
+@click.option(
+    "--max-header-bytes",
+    default=16 * 1024,
+    show_default=True,
+    type=int,
+    help="Larger request headers get 431.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=float,
+    help="Seconds a request may take to send its headers (408 after).",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds a request may take to send its body (408 after).",
+)
+@click.option(
+    "--max-connections",
+    default=1000,
+    show_default=True,
+    type=int,
+    help="Open connections; above it the one waiting longest for its client is closed.",
+)
+def serve(
+    name: str,
+    host: str,
+    port: int,
+    poll_interval: float,
+    max_body_bytes: int,
+    auth_token_file: Path | None,
+    allow_unauthenticated: bool,
+    max_header_bytes: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
+) -> None:
     """Serve the local InferenceService NAME (v1, v2, /metrics) until interrupted.
 
     Reads the state `mlops run` deployed and follows `mlops promote` / `mlops rollback`
     without a restart. One JSON line per request goes to stdout; server logs go to stderr.
     Stop it with Ctrl-C (or `kill <pid>` when started in the background).
+
+    With a token (--auth-token-file or MLOPS_SERVING_TOKEN) every request but the health
+    probes needs `Authorization: Bearer <token>`. A --host other than loopback needs a token
+    or --allow-unauthenticated.
     """
     # KServe's model_server parses sys.argv when first imported: keep mlops's options from it.
     argv, sys.argv = sys.argv, sys.argv[:1]
@@ -68,6 +130,8 @@ def serve(name: str, host: str, port: int, poll_interval: float, max_body_bytes:
     finally:
         sys.argv = argv
 
+    from serving.limits import ConnectionLimits
+
     settings = ServerSettings(
         name=name,
         state_dir=state_dir(),
@@ -75,6 +139,9 @@ def serve(name: str, host: str, port: int, poll_interval: float, max_body_bytes:
         port=port,
         poll_interval_s=poll_interval,
         max_body_bytes=max_body_bytes,
+        auth_token=_token(auth_token_file),
+        allow_unauthenticated=allow_unauthenticated,
+        limits=ConnectionLimits(max_header_bytes, header_timeout, body_timeout, max_connections),
     )
     click.echo(f"serving {name} at {settings.url} (Ctrl-C to stop)", err=True)
     run_server(settings)
@@ -91,14 +158,21 @@ def serve(name: str, host: str, port: int, poll_interval: float, max_body_bytes:
 @click.option(
     "--label-column", default="target", show_default=True, help="Column dropped from the rows."
 )
+@_TOKEN_FILE
 def predict(
-    file: Path, name: str, url: str | None, proba: bool, version: str | None, label_column: str
+    file: Path,
+    name: str,
+    url: str | None,
+    proba: bool,
+    version: str | None,
+    label_column: str,
+    auth_token_file: Path | None,
 ) -> None:
     """Send the rows of FILE (CSV with a header, or JSON) as one v2 request; print the answer."""
     from serving.client import V2Client, read_rows
 
     rows = read_rows(file, label_column)
-    with V2Client(_server_url(url, name), name) as client:
+    with V2Client(_server_url(url, name), name, token=_token(auth_token_file)) as client:
         answer = client.infer(rows, probabilities=proba, version=version)
     click.echo(
         f"model {answer.model_name} version {answer.model_version} answered "
@@ -113,7 +187,8 @@ def predict(
 @_NAME
 @_URL
 @click.option("--top", default=10, show_default=True, type=int, help="Features shown per revision.")
-def drift(name: str, url: str | None, top: int) -> None:
+@_TOKEN_FILE
+def drift(name: str, url: str | None, top: int, auth_token_file: Path | None) -> None:
     """Print the PSI of served inputs vs the training data, per revision and feature.
 
     PSI below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a significant one. Read
@@ -121,7 +196,7 @@ def drift(name: str, url: str | None, top: int) -> None:
     """
     from serving.client import V2Client, format_drift, parse_drift
 
-    with V2Client(_server_url(url, name), name) as client:
+    with V2Client(_server_url(url, name), name, token=_token(auth_token_file)) as client:
         report = parse_drift(client.metrics(), name)
     if not report:
         raise click.ClickException(f"the server reports no drift statistics for model {name!r}")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,17 +126,27 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_server(home: Path, *extra: str) -> ServerProcess:
-    """Start `mlops serve` on a free port and wait until it is ready."""
+def start_server(
+    home: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> ServerProcess:
+    """Start `mlops serve` on a free port and wait until it is ready.
+
+    ``env`` adds to this process's environment; ``preexec_fn`` runs in the child before it
+    starts (e.g. to lower its open-file limit).
+    """
     port = free_port()
     log, errors = home / f"requests-{port}.jsonl", home / f"server-{port}.log"
-    env = {**os.environ, "MLOPS_HOME": str(home)}
+    env = {**os.environ, "MLOPS_HOME": str(home), **(env or {})}
     with open(log, "wb") as out, open(errors, "wb") as err:
         process = subprocess.Popen(
             [MLOPS, "serve", "--port", str(port), "--poll-interval", "0.1", *extra],
             stdout=out,
             stderr=err,
             env=env,
+            preexec_fn=preexec_fn,
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log, errors)
     deadline = time.monotonic() + 60

@@ -17,6 +17,7 @@ from tests.integration.serving_helpers import (
     NAME,
     deploy,
     fit,
+    free_port,
     publish,
     start_server,
     v2_body,
@@ -151,7 +152,7 @@ def test_serve_refuses_to_start_when_no_revision_loads(
     (Path(uri.removeprefix("file://")) / "model.joblib").write_bytes(b"not a model")
     deploy(home, version, uri)
     started = time.monotonic()
-    result = mlops(home, "serve", "--port", "1")
+    result = mlops(home, "serve", "--port", str(free_port()))
     assert result.returncode == 1
     assert "error: no revision of 'breast-cancer' could be loaded" in result.stderr
     assert "sha256" in result.stderr
@@ -159,7 +160,7 @@ def test_serve_refuses_to_start_when_no_revision_loads(
 
 
 def test_serve_says_what_to_do_when_nothing_is_deployed(tmp_path: Path) -> None:
-    result = mlops(tmp_path / ".mlops", "serve")
+    result = mlops(tmp_path / ".mlops", "serve", "--port", str(free_port()))
     assert result.returncode == 1
     assert "is not deployed locally" in result.stderr and "mlops run" in result.stderr
 

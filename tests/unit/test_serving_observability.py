@@ -100,3 +100,30 @@ def test_bodies_over_the_limit_get_413_with_or_without_a_length() -> None:
     assert chunked[0]["status"] == 413
     small = call(middleware, "/v2/models/m/infer", b"x" * 40, [])
     assert small[0]["status"] == 200 and small[1]["body"] == b"x" * 40
+
+
+def test_unknown_model_names_share_one_metric_label() -> None:
+    from serving.observability import REQUESTS, UNKNOWN_MODEL
+
+    def series() -> set[tuple[str, ...]]:
+        return {
+            tuple(sample.labels.values())
+            for metric in REQUESTS.collect()
+            for sample in metric.samples
+        }
+
+    middleware = ObservabilityMiddleware(echo_app, max_body_bytes=100, model_names=frozenset({"m"}))
+    before = series()
+    for i in range(200):
+        call(middleware, f"/v2/models/other-{i}/infer", b"{}", [])
+    added = series() - before
+    assert {labels[0] for labels in added} <= {UNKNOWN_MODEL}
+    assert len(added) <= 2  # the `_total` and `_created` samples of one child
+
+
+def test_a_request_id_that_is_not_a_short_token_is_replaced() -> None:
+    middleware = ObservabilityMiddleware(echo_app, max_body_bytes=100)
+    for given in (b"a" * 129, b"<b>x</b>", b"a\x01b"):
+        sent = call(middleware, "/v2/models/m/infer", b"{}", [(b"x-request-id", given)])
+        echoed = dict(sent[0]["headers"])[b"x-request-id"]
+        assert echoed != given and len(echoed) == 32
