@@ -1,9 +1,11 @@
 """The model store: ``<root>/<model-name>/<version>/{model.joblib,metadata.json}``.
 
-The same layout lives in a local directory (the embedded default) or in an S3 bucket (MinIO in
-the cluster), so an InferenceService's ``storageUri`` can point at the version directory either
-way. A version is written once: publishing never replaces an existing version, and a version is
-complete only when its ``metadata.json`` exists (it is written last).
+The same layout lives in a local directory (the embedded default, here) or in an S3 bucket
+(MinIO in the cluster; ``mlops.s3_store``), so an InferenceService's ``storageUri`` can point at
+the version directory either way. A version is written once: its number is claimed atomically,
+nothing is ever replaced or deleted, and a version is complete only when its ``metadata.json``
+(written last, signed by ``mlops.signing``) exists. ``fetch_version`` is the one way to load a
+version: it checks the signature and the sha256 before any caller unpickles the model.
 """
 
 from __future__ import annotations

@@ -76,9 +76,8 @@ def s3_server() -> Iterator[S3Server]:
     """A running S3 server with an empty bucket ``models``."""
     import boto3
     from minio import Minio
-    from moto.server import ThreadedMotoServer
-
     from moto.moto_server import threaded_moto_server
+    from moto.server import ThreadedMotoServer
 
     class AtomicMotoServer(ThreadedMotoServer):
         def _server_entry(self) -> None:
