@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import pandas as pd
 
 if TYPE_CHECKING:
-    from mlops.store import S3Store
+    from mlops.s3_store import S3Store
 
 BUILTIN_PREFIX = "sklearn:"
 _BUILTINS = ("breast_cancer", "iris", "wine")
@@ -90,8 +90,8 @@ def _read_file(path: Path) -> pd.DataFrame:
 
 
 def _s3_bucket(bucket: str) -> S3Store:
+    from mlops.s3_store import S3Store
     from mlops.settings import S3Settings
-    from mlops.store import S3Store
 
     return S3Store(bucket, "", S3Settings.from_env())
 

@@ -30,6 +30,15 @@ def default_store_uri() -> str:
     return os.environ.get("MLOPS_STORE_URI") or str(state_dir() / "store")
 
 
+def signing_key_file() -> Path:
+    """Where the local signing key of model versions lives when ``MLOPS_SIGNING_KEY`` is unset.
+
+    It sits in the state directory, never in the model store: whoever can write the store must
+    not be able to sign a version.
+    """
+    return state_dir() / "signing.key"
+
+
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI``, else a SQLite file in the state directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"

@@ -1,16 +1,17 @@
 """The model store: ``<root>/<model-name>/<version>/{model.joblib,metadata.json}``.
 
-The same layout lives in a local directory (the embedded default) or in an S3 bucket (MinIO in
-the cluster), so an InferenceService's ``storageUri`` can point at the version directory either
-way. A version is written once: publishing never replaces an existing version, and a version is
-complete only when its ``metadata.json`` exists (it is written last).
+The same layout lives in a local directory (the embedded default, here) or in an S3 bucket
+(MinIO in the cluster; ``mlops.s3_store``), so an InferenceService's ``storageUri`` can point at
+the version directory either way. A version is written once: its number is claimed atomically,
+nothing is ever replaced or deleted, and a version is complete only when its ``metadata.json``
+(written last, signed by ``mlops.signing``) exists. ``fetch_version`` is the one way to load a
+version: it checks the signature and the sha256 before any caller unpickles the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -19,10 +20,17 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from mlops import signing
 from mlops.settings import S3Settings
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
+# Each failed claim means another publisher took that number, so N concurrent publishers
+# need at most N attempts; the bound only stops a runaway loop.
+MAX_CLAIM_ATTEMPTS = 64
+# S3 claims live under <model>/.claims/<version>; a model name (a Kubernetes name) has no dot
+# in front, so it never collides.
+CLAIMS_DIR = ".claims"
 
 
 class StoreError(RuntimeError):
@@ -74,6 +82,8 @@ def open_store(uri: str) -> ModelStore:
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} has no bucket: expected s3://<bucket>[/prefix]")
+        from mlops.s3_store import S3Store
+
         return S3Store(parsed.netloc, parsed.path.strip("/"), S3Settings.from_env())
     return LocalStore(Path(uri.removeprefix("file://")))
 
@@ -93,224 +103,195 @@ def split_version_uri(storage_uri: str) -> tuple[str, str, int]:
     return parts[0], parts[1], int(parts[2])
 
 
+def parse_metadata(raw: bytes | str, where: str) -> dict[str, Any]:
+    """Parse a ``metadata.json``; ``where`` names it in the error.
+
+    Raises:
+        StoreError: When it is not a JSON object.
+    """
+    damaged = (
+        "the version is damaged; publish a new version (versions are never rewritten) or "
+        "restore the file from a backup"
+    )
+    try:
+        parsed = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(f"{where} is not valid JSON ({err}): {damaged}") from err
+    if not isinstance(parsed, dict):
+        raise StoreError(f"{where} holds a {type(parsed).__name__}, not an object: {damaged}")
+    return parsed
+
+
+def metadata_bytes(metadata: dict[str, Any]) -> bytes:
+    """The bytes of a ``metadata.json``: sorted keys, strict JSON (no NaN or infinity).
+
+    Raises:
+        StoreError: When the metadata holds a value JSON cannot carry.
+    """
+    try:
+        return json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"metadata cannot be written as JSON: {err}") from err
+
+
+def check_model_file(model_file: Path) -> None:
+    """Refuse a model file that is not there, before anything is written.
+
+    Raises:
+        StoreError: When ``model_file`` is not a file.
+    """
+    if not model_file.is_file():
+        raise StoreError(f"could not publish {model_file}: no such file")
+
+
+def signing_key_for_publish() -> bytes:
+    """The key a publish signs with (created on a first local publish).
+
+    Raises:
+        StoreError: When no key can be had; the message says how to set one.
+    """
+    try:
+        return signing.signing_key(create=True)
+    except (signing.SignatureError, OSError) as err:
+        raise StoreError(f"cannot sign the new version: {err}") from err
+
+
 def fetch_version(storage_uri: str, dest: Path) -> tuple[Path, dict[str, Any]]:
-    """Download the version at ``storage_uri`` and check its model file against its sha256.
+    """Download a version and check it before anyone unpickles it.
+
+    The signature of ``metadata.json`` (``mlops.signing``: a key that is not in the store) is
+    checked first, then the model file's sha256 against the signed metadata.
 
     Returns:
         The local model file and the version's metadata.
 
     Raises:
-        StoreError: When the version is missing or the file does not match its recorded sha256.
+        StoreError: When the version is missing or damaged, unsigned or wrongly signed, or the
+            file does not match its recorded sha256.
     """
     store_uri, model_name, version = split_version_uri(storage_uri)
     store = open_store(store_uri)
+    where = store.version_uri(model_name, version)
+    try:
+        key = signing.signing_key()
+    except signing.SignatureError as err:
+        raise StoreError(f"cannot check {where}: {err}") from err
     store.download(model_name, version, dest)
-    metadata = json.loads((dest / METADATA_FILE).read_text())
+    metadata = parse_metadata((dest / METADATA_FILE).read_bytes(), f"{where}{METADATA_FILE}")
+    try:
+        signing.verify(metadata, model_name, version, key, where)
+    except signing.SignatureError as err:
+        raise StoreError(str(err)) from err
+    recorded = metadata.get("sha256")
+    if not isinstance(recorded, str) or not recorded:
+        raise StoreError(
+            f"{where}{METADATA_FILE} records no sha256 of {MODEL_FILE}: refusing to load a "
+            "file that cannot be checked; publish the model again"
+        )
     model_path = dest / MODEL_FILE
     actual = sha256_file(model_path)
-    if actual != metadata.get("sha256"):
+    if actual != recorded:
         raise StoreError(
-            f"{storage_uri}/{MODEL_FILE} has sha256 {actual}, but metadata.json records "
-            f"{metadata.get('sha256')}: refusing to load a file that changed after upload"
+            f"{where}{MODEL_FILE} has sha256 {actual}, but metadata.json records "
+            f"{recorded}: refusing to load a file that changed after upload"
         )
     return model_path, metadata
 
 
 class LocalStore:
-    """A store in a local directory (the embedded default)."""
+    """A store in a local directory (the embedded default).
+
+    A version number is claimed by creating its directory (``mkdir`` is atomic and fails when
+    the directory exists), so concurrent publishers never share one; ``metadata.json`` is
+    linked into place last (a link never replaces a file) and marks the version complete.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.uri = str(self.root)
 
-    def versions(self, model_name: str) -> list[int]:  # noqa: D102
+    def _model_dir(self, model_name: str) -> Path:
         base = self.root / model_name
+        if base.exists() and not base.is_dir():
+            raise StoreError(f"{base} is a file, not a model directory: move it out of the store")
+        return base
+
+    def versions(self, model_name: str) -> list[int]:  # noqa: D102
+        base = self._model_dir(model_name)
         if not base.is_dir():
             return []
-        return sorted(
-            int(p.name) for p in base.iterdir() if p.name.isdigit() and (p / METADATA_FILE).exists()
+        try:
+            return sorted(
+                int(p.name)
+                for p in base.iterdir()
+                if p.name.isdigit() and (p / METADATA_FILE).exists()
+            )
+        except OSError as err:
+            raise StoreError(f"cannot list {base}: {err}") from err
+
+    def _taken_versions(self, base: Path) -> list[int]:
+        # Every numbered directory, complete or not: a half-written version keeps its number.
+        return [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+
+    def _claim_version(self, base: Path) -> int:
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            version = max(self._taken_versions(base), default=0) + 1
+            try:
+                (base / str(version)).mkdir()
+            except FileExistsError:
+                continue  # another publisher took it between the listing and the mkdir
+            return version
+        raise StoreError(
+            f"could not claim a version number in {base} after {MAX_CLAIM_ATTEMPTS} attempts: "
+            "other publishers took every one; try again"
         )
 
     def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102
-        base = self.root / model_name
-        base.mkdir(parents=True, exist_ok=True)
-        existing = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
-        version = max(existing, default=0) + 1
-        # Stage the files, then rename the whole directory: readers never see half a version,
-        # and rename refuses to replace a non-empty directory a concurrent run may have made.
-        staging = base / f".staging-{uuid.uuid4().hex}"
-        staging.mkdir()
+        check_model_file(model_file)
+        metadata_bytes(metadata)  # fails before anything is written
+        key = signing_key_for_publish()
+        base = self._model_dir(model_name)
         try:
-            shutil.copyfile(model_file, staging / MODEL_FILE)
-            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
-            os.rename(staging, base / str(version))
+            base.mkdir(parents=True, exist_ok=True)
+            version = self._claim_version(base)
         except OSError as err:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise StoreError(f"could not write {base / str(version)}: {err}") from err
+            raise StoreError(f"could not write {base}: {err}") from err
+        directory = base / str(version)
+        body = metadata_bytes(signing.sign(metadata, model_name, version, key))
+        staged = directory / f".{METADATA_FILE}.{uuid.uuid4().hex}"
+        try:
+            shutil.copyfile(model_file, directory / MODEL_FILE)
+            staged.write_bytes(body)
+            os.link(staged, directory / METADATA_FILE)
+        except OSError as err:
+            # The directory stays: it is this publisher's, never listed, never reused.
+            raise StoreError(f"could not write {directory}: {err}") from err
+        finally:
+            with contextlib.suppress(OSError):
+                staged.unlink()
         return version
 
     def read_metadata(self, model_name: str, version: int) -> dict[str, Any]:  # noqa: D102
         path = self.root / model_name / str(version) / METADATA_FILE
         if not path.exists():
             raise StoreError(f"no version {version} of model {model_name!r} in {self.uri}")
-        return dict(json.loads(path.read_text()))
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise StoreError(f"cannot read {path}: {err}") from err
+        return parse_metadata(raw, str(path))
 
     def download(self, model_name: str, version: int, dest: Path) -> Path:  # noqa: D102
         self.read_metadata(model_name, version)
         dest.mkdir(parents=True, exist_ok=True)
         for name in (MODEL_FILE, METADATA_FILE):
-            shutil.copyfile(self.root / model_name / str(version) / name, dest / name)
+            source = self.root / model_name / str(version) / name
+            try:
+                shutil.copyfile(source, dest / name)
+            except OSError as err:
+                raise StoreError(f"cannot read {source}: {err}") from err
         return dest
 
     def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
         # file://: KServe's webhook accepts only storageUri schemes it knows, not a bare path.
-        return f"file://{self.uri}/{model_name}/{version}"
-
-
-class S3Store:
-    """A store in an S3 bucket, through the ``minio`` client (MinIO, or any S3 endpoint)."""
-
-    def __init__(self, bucket: str, prefix: str, settings: S3Settings) -> None:
-        import urllib3
-        from minio import Minio
-
-        self.bucket = bucket
-        self.prefix = f"{prefix}/" if prefix else ""
-        self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
-        self._endpoint = settings.endpoint
-        # Short timeouts and few retries: an unreachable endpoint should fail in seconds,
-        # not after minio's default of minutes of backoff.
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=3, read=60),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
-        )
-        self._client = Minio(
-            settings.endpoint,
-            access_key=settings.access_key,
-            secret_key=settings.secret_key,
-            secure=settings.secure,
-            region=settings.region,
-            http_client=http,
-        )
-        self._check_bucket()
-
-    def _check_bucket(self) -> None:
-        from minio.error import S3Error
-
-        try:
-            exists = self._client.bucket_exists(self.bucket)
-        except S3Error as err:
-            raise StoreError(
-                f"S3 endpoint {self._endpoint} refused access to bucket {self.bucket!r}: "
-                f"{err.code} ({err.message}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            ) from err
-        except Exception as err:  # urllib3 raises several types for a dead endpoint
-            raise StoreError(
-                f"cannot reach S3 endpoint {self._endpoint}: {type(err).__name__}; "
-                "check MLOPS_S3_ENDPOINT and that the server is running"
-            ) from err
-        if not exists:
-            raise StoreError(
-                f"bucket {self.bucket!r} does not exist at {self._endpoint}: create it first "
-                "(the cluster's MinIO bucket job creates 'models')"
-            )
-
-    def _key(self, model_name: str, version: int, name: str = "") -> str:
-        return f"{self.prefix}{model_name}/{version}/{name}"
-
-    def versions(self, model_name: str) -> list[int]:  # noqa: D102
-        found = []
-        for obj in self._client.list_objects(
-            self.bucket, prefix=f"{self.prefix}{model_name}/", recursive=True
-        ):
-            parts = (obj.object_name or "").split("/")
-            if parts[-1] == METADATA_FILE and parts[-2].isdigit():
-                found.append(int(parts[-2]))
-        return sorted(found)
-
-    def _taken_versions(self, model_name: str) -> list[int]:
-        prefixes = self._client.list_objects(self.bucket, prefix=f"{self.prefix}{model_name}/")
-        names = ((obj.object_name or "").rstrip("/").rsplit("/", 1)[-1] for obj in prefixes)
-        return [int(n) for n in names if n.isdigit()]
-
-    def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102
-        version = max(self._taken_versions(model_name), default=0) + 1
-        body = json.dumps(metadata, indent=2, sort_keys=True).encode()
-        model_key = self._key(model_name, version, MODEL_FILE)
-        try:
-            self._client.fput_object(self.bucket, model_key, str(model_file))
-            # metadata.json last: its presence marks the version complete.
-            self._client.put_object(
-                self.bucket,
-                self._key(model_name, version, METADATA_FILE),
-                io.BytesIO(body),
-                len(body),
-                content_type="application/json",
-            )
-        except Exception as err:  # S3Error, OSError, or urllib3's errors for a dead endpoint
-            # Best effort: a half-written version has no metadata.json, so it is never listed.
-            with contextlib.suppress(Exception):
-                self._client.remove_object(self.bucket, model_key)
-            raise StoreError(
-                f"could not write {self.version_uri(model_name, version)}: {err}"
-            ) from err
-        return version
-
-    def read_metadata(self, model_name: str, version: int) -> dict[str, Any]:  # noqa: D102
-        from minio.error import S3Error
-
-        try:
-            response = self._client.get_object(
-                self.bucket, self._key(model_name, version, METADATA_FILE)
-            )
-        except S3Error as err:
-            raise StoreError(
-                f"no version {version} of model {model_name!r} in {self.uri}: {err.code}"
-            ) from err
-        try:
-            return dict(json.loads(response.read()))
-        finally:
-            response.close()
-            response.release_conn()
-
-    def download(self, model_name: str, version: int, dest: Path) -> Path:  # noqa: D102
-        self.read_metadata(model_name, version)
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_FILE, METADATA_FILE):
-            self._client.fget_object(
-                self.bucket, self._key(model_name, version, name), str(dest / name)
-            )
-        return dest
-
-    def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
-        return f"{self.uri}/{model_name}/{version}"
-
-    def download_object(self, key: str, dest: Path) -> Path:
-        """Download one object of the bucket (a dataset, say) to ``dest``.
-
-        Raises:
-            StoreError: When the object does not exist or cannot be read.
-        """
-        from minio.error import S3Error
-
-        try:
-            self._client.fget_object(self.bucket, key, str(dest))
-        except S3Error as err:
-            raise StoreError(
-                f"cannot read s3://{self.bucket}/{key}: {err.code} ({err.message})"
-            ) from err
-        return dest
-
-    def stat_object(self, key: str) -> None:
-        """Check that an object exists.
-
-        Raises:
-            StoreError: When it does not, or cannot be read.
-        """
-        from minio.error import S3Error
-
-        try:
-            self._client.stat_object(self.bucket, key)
-        except S3Error as err:
-            where = f"s3://{self.bucket}/{key}"
-            raise StoreError(f"cannot read {where}: {err.code} ({err.message})") from err
+        return f"file://{self.uri}/{model_name}/{version}/"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,20 @@ from mlops.data import load_table
 
 # The S3-compatible test server (moto) as a fixture for any test that needs the S3 path.
 pytest_plugins = ["tests.integration.s3_server"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key() -> Iterator[str]:
+    """One model-signing key for the session, inherited by every server and step it starts.
+
+    Tests publish in this process and load in `mlops serve` processes with another state
+    directory; a shared key lets both agree without a key file in the developer's ``.mlops/``.
+    Tests of the key file itself remove ``MLOPS_SIGNING_KEY`` with ``monkeypatch``.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        key = "test-signing-key-" + "0123456789abcdef" * 2
+        patch.setenv("MLOPS_SIGNING_KEY", key)
+        yield key
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def _split(state: dict) -> dict[str, int]:
 def test_first_run_deploys_version_1_with_all_traffic(runs: dict) -> None:
     first: LocalRunSummary = runs["first"]
     assert first.deploy and first.version == 1
-    assert first.storage_uri == f"file://{runs['home'] / 'store' / 'breast-cancer' / '1'}"
+    assert first.storage_uri == f"file://{runs['home'] / 'store' / 'breast-cancer' / '1'}/"
     assert "no champion" in first.reason
     assert _split(runs["after_first"]) == {"1": 100}
 
