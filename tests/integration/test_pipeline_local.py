@@ -48,7 +48,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
             refused = None
         after_refused = local_controller.read_state("breast-cancer", home)
         (home / "mlflow.db.saved").replace(database)
-    return {"refused": refused, "after_refused": after_refused,"home": home, "first": first, "second": second, "gated": gated,
+    return {"refused": refused, "after_refused": after_refused,
+            "home": home, "first": first, "second": second, "gated": gated,
             "after_first": after_first, "after_second": after_second,
             "after_gated": after_gated, "champion": champion, "challenger": challenger}
 
