@@ -73,7 +73,7 @@ def evaluate(
     scores = score_classifier(challenger, features, labels)
 
     # The deployed InferenceService is the truth; the alias must agree with it (before anything
-    # is scored or logged: a refused gate writes nothing).
+    # is logged to MLflow: a refused gate writes nothing).
     serving = deployed_versions(
         model_name, deploy_target, state_dir=Path(state_dir), namespace=namespace
     )
