@@ -25,7 +25,8 @@ def deploy_model(
         model_name: The InferenceService and registered model name.
         namespace: Kubernetes namespace (kubernetes target).
         canary_traffic_percent: Share for the new revision when one already serves.
-        service_account: ServiceAccount with the S3 Secret (kubernetes target; empty: none).
+        service_account: ServiceAccount with the S3 Secret (kubernetes target; empty: the
+            namespace's ``default`` one).
         target: ``local`` or ``kubernetes``.
         state_dir: The local state directory (local target).
         tracking_uri: MLflow tracking URI.
@@ -37,8 +38,7 @@ def deploy_model(
 
     import yaml
 
-    from mlops import registry
-    from serving.deploy import deploy_inference_service, takes_all_traffic
+    from serving.deploy import deploy_inference_service, sync_aliases
     from serving.inference_service import PredictorSettings
 
     settings = PredictorSettings(
@@ -50,11 +50,7 @@ def deploy_model(
         service_account=service_account or None,
     )
     applied = deploy_inference_service(settings, target, Path(state_dir))
-    if takes_all_traffic(applied):
-        registry.move_alias(tracking_uri, model_name, model_version, registry.CHAMPION)
-        registry.drop_alias(tracking_uri, model_name, registry.CHALLENGER)
-    else:
-        registry.move_alias(tracking_uri, model_name, model_version, registry.CHALLENGER)
+    sync_aliases(tracking_uri, applied, target, Path(state_dir))
     rendered = yaml.safe_dump(applied, sort_keys=False)
     print(rendered)
     return rendered

@@ -17,6 +17,9 @@ def evaluate(
     min_accuracy: float,
     max_degradation: float,
     tracking_uri: str,
+    deploy_target: str,
+    namespace: str,
+    state_dir: str,
     data_source: str,
     data_fingerprint: str,
     metrics: Output[Metrics],
@@ -32,6 +35,9 @@ def evaluate(
         min_accuracy: Absolute accuracy floor.
         max_degradation: Allowed F1 drop against the champion.
         tracking_uri: MLflow tracking URI.
+        deploy_target: ``local`` or ``kubernetes``: where the production model is deployed.
+        namespace: Its namespace (kubernetes target).
+        state_dir: The local state directory (local target).
         data_source: Where the data came from (logged).
         data_fingerprint: sha256 of the data (logged).
         metrics: Scalar metrics for the KFP UI.
@@ -51,12 +57,14 @@ def evaluate(
 
     from mlops import registry
     from mlops.evaluation import (
+        check_champion,
         classification_curves,
         decide_deployment,
         incompatible_champion,
         score_classifier,
     )
     from mlops.store import fetch_version
+    from serving.deploy import deployed_versions
 
     rows = pd.read_parquet(holdout.path)
     features = rows.drop(columns=[label_column]).to_numpy(dtype=float)
@@ -64,8 +72,21 @@ def evaluate(
     challenger = joblib.load(model.path)
     scores = score_classifier(challenger, features, labels)
 
+    # The deployed InferenceService is the truth; the alias must agree with it (before anything
+    # is logged to MLflow: a refused gate writes nothing).
+    serving = deployed_versions(
+        model_name, deploy_target, state_dir=Path(state_dir), namespace=namespace
+    )
+    champion = registry.version_of_alias(tracking_uri, model_name, registry.CHAMPION)
+    check_champion(
+        model_name,
+        deployed=serving.stable if serving else None,
+        is_deployed=serving is not None,
+        champion=str(champion[0]) if champion else None,
+    )
+    champion_uri = champion[1] if champion else None
+
     champion_scores, mismatch = None, None
-    champion_uri = registry.storage_uri_of_alias(tracking_uri, model_name, registry.CHAMPION)
     if champion_uri:
         with tempfile.TemporaryDirectory() as tmp:
             champion_path, champion_meta = fetch_version(champion_uri, Path(tmp))
@@ -73,8 +94,8 @@ def evaluate(
                 champion_meta.get("feature_names", []), model.metadata.get("feature_names", [])
             )
             if mismatch is None:
-                champion = joblib.load(champion_path)
-                champion_scores = score_classifier(champion, features, labels)
+                champion_model = joblib.load(champion_path)
+                champion_scores = score_classifier(champion_model, features, labels)
     decision = mismatch or decide_deployment(scores, champion_scores, min_accuracy, max_degradation)
 
     for key, value in scores.items():

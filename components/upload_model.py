@@ -41,6 +41,13 @@ def upload_model(
     from mlops import registry
     from mlops.publishing import build_metadata, publish_model
 
+    Outputs = namedtuple("Outputs", ["version", "storage_uri"])  # noqa: N806 (KFP's idiom)
+    # Idempotent per MLflow run: a step run again (a retry, a resumed run) must not publish an
+    # orphan second version of the same model.
+    published = registry.version_of_run(tracking_uri, model_name, mlflow_run_id)
+    if published is not None:
+        print(f"{model_name} version {published[0]} was already published by run {mlflow_run_id}")
+        return Outputs(*published)
     with open(reference.path) as handle:
         reference_stats = json.load(handle)
     metadata = build_metadata(
@@ -56,5 +63,4 @@ def upload_model(
     version, storage_uri = publish_model(store_uri, model_name, Path(model.path), metadata)
     registry.register_version(tracking_uri, model_name, mlflow_run_id, version, storage_uri)
     print(f"uploaded {model_name} version {version} to {storage_uri}")
-    Outputs = namedtuple("Outputs", ["version", "storage_uri"])  # noqa: N806 (KFP's idiom)
     return Outputs(version, storage_uri)

@@ -74,6 +74,8 @@ def _check_path(path: Path) -> None:
     _check_format(path)
     if not path.exists():
         raise FileNotFoundError(f"source {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"source {str(path)!r} is empty: it needs a header row and data rows")
 
 
 def _load_builtin(name: str) -> pd.DataFrame:

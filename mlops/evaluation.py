@@ -70,6 +70,46 @@ def decide_deployment(
     )
 
 
+class ChampionMismatchError(RuntimeError):
+    """MLflow's ``champion`` alias disagrees with the deployed InferenceService."""
+
+
+def check_champion(
+    model_name: str, deployed: str | None, is_deployed: bool, champion: str | None
+) -> None:
+    """Refuse to gate against the registry when it disagrees with what serves.
+
+    The deployed InferenceService is the source of truth: without this check, a lost MLflow
+    database (or a crash during the first deploy) reads as "no champion", and any model that
+    clears ``min_accuracy`` is deployed next to a far better one.
+
+    Args:
+        model_name: The registered model and InferenceService name.
+        deployed: The store version of the stable (production) revision, ``None`` if unknown.
+        is_deployed: Whether an InferenceService ``model_name`` exists.
+        champion: The store version MLflow's ``champion`` alias names, or ``None``.
+
+    Raises:
+        ChampionMismatchError: When a model is deployed and the alias is missing, or names
+            another version than the one serving.
+    """
+    fix = (
+        f"set the alias to the serving version (`mlops promote {model_name}` re-reads the "
+        "traffic), or restore the MLflow database"
+    )
+    if is_deployed and champion is None:
+        serving = f"version {deployed}" if deployed else "a model"
+        raise ChampionMismatchError(
+            f"InferenceService {model_name!r} serves {serving} but MLflow has no "
+            f"'champion' alias for {model_name!r}: refusing to gate without it; {fix}"
+        )
+    if deployed is not None and champion is not None and str(champion) != str(deployed):
+        raise ChampionMismatchError(
+            f"InferenceService {model_name!r} serves version {deployed} but MLflow's "
+            f"'champion' alias names version {champion}: refusing to gate; {fix}"
+        )
+
+
 def incompatible_champion(
     champion_features: list[str], challenger_features: list[str]
 ) -> Decision | None:

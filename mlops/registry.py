@@ -127,8 +127,8 @@ def register_version(
     return str(version.version)
 
 
-def storage_uri_of_alias(tracking_uri: str, model_name: str, alias: str) -> str | None:
-    """The ``storage_uri`` of the version holding ``alias``, or ``None`` when none does."""
+def version_of_alias(tracking_uri: str, model_name: str, alias: str) -> tuple[int, str] | None:
+    """The ``(store_version, storage_uri)`` of the version holding ``alias``, or ``None``."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -138,18 +138,43 @@ def storage_uri_of_alias(tracking_uri: str, model_name: str, alias: str) -> str 
         if _is_missing(err):
             return None
         raise
-    uri = version.tags.get(_STORAGE_URI_TAG)
-    return str(uri) if uri else None
+    tags = version.tags
+    if _STORE_VERSION_TAG not in tags:
+        return None
+    return int(tags[_STORE_VERSION_TAG]), str(tags.get(_STORAGE_URI_TAG, ""))
 
 
-def move_alias(tracking_uri: str, model_name: str, store_version: int | str, alias: str) -> None:
-    """Point ``alias`` at the registered version of ``store_version`` (no-op if unregistered)."""
+def storage_uri_of_alias(tracking_uri: str, model_name: str, alias: str) -> str | None:
+    """The ``storage_uri`` of the version holding ``alias``, or ``None`` when none does."""
+    found = version_of_alias(tracking_uri, model_name, alias)
+    return found[1] or None if found else None
+
+
+def move_alias(tracking_uri: str, model_name: str, store_version: int | str, alias: str) -> bool:
+    """Point ``alias`` at the registered version of ``store_version``; ``False`` if unregistered."""
     client = _client(tracking_uri)
     found = client.search_model_versions(
         f"name='{model_name}' and tag.{_STORE_VERSION_TAG}='{store_version}'"
     )
-    if found:
-        client.set_registered_model_alias(model_name, alias, found[0].version)
+    if not found:
+        return False
+    client.set_registered_model_alias(model_name, alias, found[0].version)
+    return True
+
+
+def set_aliases(
+    tracking_uri: str, model_name: str, champion: str | None, challenger: str | None
+) -> None:
+    """Make ``champion`` and ``challenger`` name these store versions (``None``: no such one).
+
+    The caller derives both from the serving traffic (``serving.deploy.sync_aliases``). An
+    unknown champion (``None``) leaves the alias as it is; a champion version that is not
+    registered removes the alias, so that it never names a version that does not serve.
+    """
+    if champion is not None and not move_alias(tracking_uri, model_name, champion, CHAMPION):
+        drop_alias(tracking_uri, model_name, CHAMPION)
+    if challenger is None or not move_alias(tracking_uri, model_name, challenger, CHALLENGER):
+        drop_alias(tracking_uri, model_name, CHALLENGER)
 
 
 def drop_alias(tracking_uri: str, model_name: str, alias: str) -> None:

@@ -87,22 +87,67 @@ def _captured_steps(log_file: Path, verbose: bool) -> Iterator[_Tee]:
         yield tee
 
 
-def preflight(arguments: dict[str, Any]) -> None:
-    """Check what can be checked before any step runs: the data source and the store.
+class PreflightError(ValueError):
+    """A check before the run failed; the message names the file or parameter and the fix."""
 
-    A missing file or an unreachable store is a user mistake, not a transient fault: failing
-    here takes a second, where the retries of the I/O steps would take half a minute.
+
+def preflight(arguments: dict[str, Any], state_dir: Path) -> None:
+    """Check what can be checked before any step writes to the store, MLflow or serving state.
+
+    The parameters, the data source, the store, the local serving state and the metadata of
+    the versions it serves. A missing file or a corrupt state is a user mistake, not a
+    transient fault: failing here takes a second and leaves nothing half-written.
 
     Raises:
+        ParameterError: When a pipeline parameter is invalid.
         FileNotFoundError: When a local source does not exist.
         ValueError: When the source format is unsupported.
         StoreError: When an S3 store or source cannot be reached or refuses the credentials.
+        PreflightError: When the serving state or a served version's metadata is unreadable.
     """
     from mlops.data import check_source
+    from mlops.parameters import check_parameters
     from mlops.store import open_store
 
+    check_parameters(arguments)
     check_source(str(arguments.get("source", "sklearn:breast_cancer")))
-    open_store(str(arguments["store_uri"]))
+    store = open_store(str(arguments["store_uri"]))
+    if arguments.get("deploy_target") == "local":
+        _check_served_versions(str(arguments["model_name"]), store, state_dir)
+
+
+def _check_served_versions(model_name: str, store: Any, state_dir: Path) -> None:
+    """Read the local serving state and the ``metadata.json`` of every version it serves."""
+    from serving import local_controller
+
+    path = local_controller.state_path(model_name, state_dir)
+    try:
+        state = local_controller.read_state(model_name, state_dir)
+        targets = local_controller.traffic_targets(state)
+    except local_controller.NotDeployedError:
+        return
+    except Exception as err:  # noqa: BLE001 (any unreadable state is the same user-facing fault)
+        raise PreflightError(
+            _naming(str(path), err, "restore it from a backup, or remove it to deploy from scratch")
+        ) from err
+    for target in targets:
+        try:
+            store.read_metadata(model_name, int(target.model_version))
+        except Exception as err:  # noqa: BLE001
+            where = f"{target.storage_uri}/metadata.json"
+            raise PreflightError(
+                _naming(
+                    where, err, f"restore that file (it is read to serve and gate {model_name!r})"
+                )
+            ) from err
+
+
+def _naming(where: str, err: Exception, fix: str) -> str:
+    """One line: the file, what is wrong with it (the error's own words), and the fix."""
+    cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if where in cause:
+        return f"{cause}; {fix}"
+    return f"{where} is unreadable ({cause}); {fix}"
 
 
 def code_version() -> str:
@@ -130,6 +175,8 @@ def run_locally(
 
     Raises:
         PipelineRunError: When a step fails, with that step's error line.
+        ParameterError, PreflightError, StoreError, FileNotFoundError: From ``preflight``,
+            before anything is written.
     """
     import os
 
@@ -138,7 +185,7 @@ def run_locally(
     from pipelines.training import training_pipeline
 
     arguments = local_arguments(arguments, state_dir)
-    preflight(arguments)
+    preflight(arguments, state_dir)
     os.environ.setdefault("MLOPS_CODE_VERSION", code_version())
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -4,7 +4,15 @@ from typing import Any, NamedTuple
 
 from kfp import dsl
 
-from components import deploy_model, evaluate, load_data, train, upload_model, validate_data
+from components import (
+    check_parameters,
+    deploy_model,
+    evaluate,
+    load_data,
+    train,
+    upload_model,
+    validate_data,
+)
 from mlops.settings import DEFAULT_MODEL_NAME
 
 PIPELINE_NAME = "train-gate-deploy-sklearn"
@@ -15,7 +23,13 @@ CLUSTER_TRACKING_URI = "http://mlflow.kubeflow-user.svc.cluster.local:5000"
 # cluster: the model store's endpoint and keys (mlops.settings.S3Settings). manifests/ creates it.
 CLUSTER_S3_SECRET = "mlops-s3"
 S3_SECRET_KEYS = ("MLOPS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-_IO_RETRIES = {"num_retries": 2, "backoff_duration": "10s"}
+# The ServiceAccount manifests/ creates with the S3 Secret the storage initializer reads; the
+# namespace's `default` one lists no Secret, and the predictor could not download its model.
+DEFAULT_SERVICE_ACCOUNT = "kserve-minio-sa"
+# No KFP-level retries (`set_retry`): they rerun a step on ANY failure, so an empty CSV or a
+# rejected deploy failed only after minutes of backoff, and a retried upload published again.
+# Transient faults are retried where they happen: the S3 client (urllib3 Retry on network
+# errors, 5xx and throttling), MLflow's REST client and the Kubernetes API calls.
 
 
 def _s3_secret_as_env(task: Any, secret_name: Any) -> Any:
@@ -56,13 +70,28 @@ def training_pipeline(
     tracking_uri: str = CLUSTER_TRACKING_URI,
     deploy_target: str = "kubernetes",
     namespace: str = "kubeflow-user",
-    service_account: str = "",
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
     canary_traffic_percent: int = 10,
     state_dir: str = "",
     s3_credentials_secret: str = CLUSTER_S3_SECRET,
 ) -> NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str):  # type: ignore[valid-type]  # noqa: UP014, E501
     """Train a classifier and ship it only when it is at least as good as production."""
-    loaded = load_data(source=source).set_caching_options(False).set_retry(**_IO_RETRIES)
+    checked = check_parameters(
+        model_name=model_name,
+        canary_traffic_percent=canary_traffic_percent,
+        test_size=test_size,
+        min_accuracy=min_accuracy,
+        max_degradation=max_degradation,
+        label_noise=label_noise,
+        min_rows=min_rows,
+        seed=seed,
+        estimator=estimator,
+        hyperparameters=hyperparameters,
+        namespace=namespace,
+        service_account=service_account,
+        deploy_target=deploy_target,
+    )
+    loaded = load_data(source=source).set_caching_options(False).after(checked)
     _s3_secret_as_env(loaded, s3_credentials_secret)
     validated = validate_data(
         dataset=loaded.outputs["dataset"],
@@ -88,41 +117,36 @@ def training_pipeline(
         min_accuracy=min_accuracy,
         max_degradation=max_degradation,
         tracking_uri=tracking_uri,
+        deploy_target=deploy_target,
+        namespace=namespace,
+        state_dir=state_dir,
         data_source=source,
         data_fingerprint=validated.outputs["Output"],
     ).set_caching_options(False)
     _s3_secret_as_env(evaluated, s3_credentials_secret)
     with dsl.If(evaluated.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-        uploaded = (
-            upload_model(
-                model=trained.outputs["model"],
-                metrics=evaluated.outputs["metrics"],
-                reference=validated.outputs["reference"],
-                data_fingerprint=validated.outputs["Output"],
-                model_name=model_name,
-                store_uri=store_uri,
-                tracking_uri=tracking_uri,
-                mlflow_run_id=evaluated.outputs["mlflow_run_id"],
-            )
-            .set_caching_options(False)
-            .set_retry(**_IO_RETRIES)
-        )
+        uploaded = upload_model(
+            model=trained.outputs["model"],
+            metrics=evaluated.outputs["metrics"],
+            reference=validated.outputs["reference"],
+            data_fingerprint=validated.outputs["Output"],
+            model_name=model_name,
+            store_uri=store_uri,
+            tracking_uri=tracking_uri,
+            mlflow_run_id=evaluated.outputs["mlflow_run_id"],
+        ).set_caching_options(False)
         _s3_secret_as_env(uploaded, s3_credentials_secret)
-        deployed = (
-            deploy_model(
-                storage_uri=uploaded.outputs["storage_uri"],
-                model_version=uploaded.outputs["version"],
-                model_name=model_name,
-                namespace=namespace,
-                canary_traffic_percent=canary_traffic_percent,
-                service_account=service_account,
-                target=deploy_target,
-                state_dir=state_dir,
-                tracking_uri=tracking_uri,
-            )
-            .set_caching_options(False)
-            .set_retry(**_IO_RETRIES)
-        )
+        deployed = deploy_model(
+            storage_uri=uploaded.outputs["storage_uri"],
+            model_version=uploaded.outputs["version"],
+            model_name=model_name,
+            namespace=namespace,
+            canary_traffic_percent=canary_traffic_percent,
+            service_account=service_account,
+            target=deploy_target,
+            state_dir=state_dir,
+            tracking_uri=tracking_uri,
+        ).set_caching_options(False)
         _s3_secret_as_env(deployed, s3_credentials_secret)
     Outputs = NamedTuple("Outputs", [("deploy", bool), ("reason", str), ("mlflow_run_id", str)])  # noqa: N806, UP014, E501
     return Outputs(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.inference_service import PredictorSettings, build_inference_service
+from serving.inference_service import (
+    MODEL_VERSION_LABEL,
+    PredictorSettings,
+    build_inference_service,
+)
 
 TARGETS = ("local", "kubernetes")
 
@@ -52,10 +58,106 @@ def _first_deploy(settings: PredictorSettings) -> PredictorSettings:
     return replace(settings, canary_traffic_percent=None)
 
 
-def takes_all_traffic(isvc: dict[str, Any]) -> bool:
-    """Whether the latest revision gets 100% (the version becomes the champion)."""
-    traffic = isvc.get("status", {}).get("components", {}).get("predictor", {}).get("traffic", [])
-    return any(t.get("latestRevision") and t.get("percent") == 100 for t in traffic)
+@dataclass(frozen=True)
+class ServingVersions:
+    """Which model versions an InferenceService serves, read from its traffic status.
+
+    Attributes:
+        stable: The version of the production revision: the one with all traffic, the
+            ``prev`` one while a canary runs or after a rollback. ``None`` when unknown.
+        canary: The version of the latest revision while it takes 0 < percent < 100.
+    """
+
+    stable: str | None
+    canary: str | None
+
+
+def serving_versions(isvc: dict[str, Any], revision_versions: Mapping[str, str]) -> ServingVersions:
+    """The one rule for the aliases: ``champion`` = ``stable``, ``challenger`` = ``canary``.
+
+    Args:
+        isvc: The InferenceService with its status.
+        revision_versions: Model version per revision name, as far as it is known.
+    """
+    predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
+    traffic = predictor.get("traffic", [])
+    latest = next((t for t in traffic if t.get("latestRevision")), None)
+    prev = next((t for t in traffic if not t.get("latestRevision")), None)
+
+    def version(target: dict[str, Any] | None) -> str | None:
+        found = revision_versions.get(str((target or {}).get("revisionName")))
+        return str(found) if found else None
+
+    if latest is None:  # the latest revision failed to load: only the previous one serves
+        return ServingVersions(stable=version(prev), canary=None)
+    percent = int(latest.get("percent", 0))
+    if percent >= 100 or prev is None:
+        return ServingVersions(stable=version(latest), canary=None)
+    return ServingVersions(stable=version(prev), canary=version(latest) if percent > 0 else None)
+
+
+def revision_versions(isvc: dict[str, Any], target: str, state_dir: Path) -> dict[str, str]:
+    """Model version per revision: all of them locally; on kubernetes, the latest one only.
+
+    In the cluster the traffic status names revisions, and only the InferenceService's own
+    label tells a version: that of its current spec, i.e. of the latest revision. The
+    ``prev`` revision's version is then unknown, and the aliases keep what they say of it.
+    """
+    if target == "local":
+        from serving import local_controller
+
+        state = local_controller.read_state(isvc["metadata"]["name"], state_dir)
+        return {rev: str(info.get("modelVersion", "")) for rev, info in state["revisions"].items()}
+    predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
+    latest = predictor.get("latestCreatedRevision") or next(
+        (t.get("revisionName") for t in predictor.get("traffic", []) if t.get("latestRevision")),
+        None,
+    )
+    label = isvc.get("metadata", {}).get("labels", {}).get(MODEL_VERSION_LABEL)
+    return {str(latest): str(label)} if latest and label else {}
+
+
+def deployed_versions(
+    name: str, target: str, *, state_dir: Path, namespace: str = "default"
+) -> ServingVersions | None:
+    """What the deployed InferenceService ``name`` serves, or ``None`` when none is deployed.
+
+    Raises:
+        ValueError: When ``target`` is unknown.
+        RuntimeError: When the cluster cannot be read (never "not deployed": a deployed model
+            must not be mistaken for none).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target {target!r} is unknown: use one of {list(TARGETS)}")
+    if target == "local":
+        from serving import local_controller
+
+        try:
+            isvc = dict(local_controller.read_state(name, state_dir)["inferenceService"])
+        except local_controller.NotDeployedError:
+            return None
+    else:
+        from serving import kubernetes_target
+
+        try:
+            isvc = kubernetes_target.get(name, namespace)
+        except LookupError:
+            return None
+    return serving_versions(isvc, revision_versions(isvc, target, state_dir))
+
+
+def sync_aliases(
+    tracking_uri: str, isvc: dict[str, Any], target: str, state_dir: Path
+) -> ServingVersions:
+    """Point ``champion`` and ``challenger`` at what ``isvc`` serves (``serving_versions``).
+
+    Used after every deploy, promote and rollback, so the aliases never disagree with traffic.
+    """
+    from mlops import registry
+
+    versions = serving_versions(isvc, revision_versions(isvc, target, state_dir))
+    registry.set_aliases(tracking_uri, isvc["metadata"]["name"], versions.stable, versions.canary)
+    return versions
 
 
 def set_canary_traffic(
@@ -70,8 +172,7 @@ def set_canary_traffic(
 ) -> dict[str, Any]:
     """Promote (``percent=None``) or roll back (``percent=0``) the latest revision.
 
-    Moves the MLflow aliases to match: a promoted version becomes ``champion``; after a
-    rollback nothing is ``challenger`` any more.
+    Then moves the MLflow aliases to match the new traffic (``sync_aliases``).
     """
     if target not in TARGETS:
         raise ValueError(f"target {target!r} is unknown: use one of {list(TARGETS)}")
@@ -84,12 +185,5 @@ def set_canary_traffic(
 
         applied = kubernetes_target.set_canary_percent(name, namespace, percent, timeout_s)
     if tracking_uri:
-        from mlops import registry
-        from serving.inference_service import MODEL_VERSION_LABEL
-
-        if takes_all_traffic(applied):
-            version = applied["metadata"].get("labels", {}).get(MODEL_VERSION_LABEL)
-            if version:
-                registry.move_alias(tracking_uri, name, version, registry.CHAMPION)
-        registry.drop_alias(tracking_uri, name, registry.CHALLENGER)
+        sync_aliases(tracking_uri, applied, target, state_dir)
     return applied

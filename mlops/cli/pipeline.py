@@ -166,9 +166,12 @@ def submit(
     """Submit the compiled pipeline to Kubeflow Pipelines, wait for it, print the run's URL."""
     import kfp
 
+    from mlops.parameters import check_parameters
+
     if tracking_uri:
         arguments["tracking_uri"] = tracking_uri
     arguments["deploy_target"] = "kubernetes"
+    check_parameters(arguments)  # before a run is created; the pipeline checks again
     client = kfp.Client(host=host)
     run = client.create_run_from_pipeline_package(
         str(COMPILED_PIPELINE),

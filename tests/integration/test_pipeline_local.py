@@ -36,7 +36,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
                                                  registry.CHAMPION)
         challenger = registry.storage_uri_of_alias(default_tracking_uri(), "breast-cancer",
                                                    registry.CHALLENGER)
-    return {"home": home, "first": first, "second": second, "gated": gated,
+        # The MLflow database is lost while a model serves: the gate must refuse, not read
+        # "no champion" and deploy anything above min_accuracy (issue 8 item 11).
+        database = home / "mlflow.db"
+        database.rename(home / "mlflow.db.saved")
+        try:
+            run_locally({}, home)
+        except PipelineRunError as err:
+            refused: PipelineRunError | None = err
+        else:
+            refused = None
+        after_refused = local_controller.read_state("breast-cancer", home)
+        (home / "mlflow.db.saved").replace(database)
+    return {"refused": refused, "after_refused": after_refused,
+            "home": home, "first": first, "second": second, "gated": gated,
             "after_first": after_first, "after_second": after_second,
             "after_gated": after_gated, "champion": champion, "challenger": challenger}
 
@@ -84,6 +97,17 @@ def test_degraded_model_is_gated_and_production_is_untouched(runs: dict) -> None
     assert not gated.deploy and gated.version is None
     assert "below min_accuracy" in gated.reason
     assert runs["after_gated"] == runs["after_second"]
+    assert LocalStore(runs["home"] / "store").versions("breast-cancer") == [1, 2]
+
+
+def test_a_lost_champion_alias_while_a_model_serves_refuses_the_gate(runs: dict) -> None:
+    refused = runs["refused"]
+    assert refused is not None, "the run deployed without comparing against what serves"
+    assert str(refused).startswith(
+        "ChampionMismatchError: InferenceService 'breast-cancer' serves version 1 but MLflow "
+        "has no 'champion' alias")
+    assert "mlops promote breast-cancer" in str(refused)
+    assert runs["after_refused"] == runs["after_gated"]
     assert LocalStore(runs["home"] / "store").versions("breast-cancer") == [1, 2]
 
 

@@ -96,3 +96,62 @@ def test_a_failed_kfp_run_is_a_non_zero_exit_with_its_url(fake_kfp) -> None:
     result = CliRunner().invoke(main, ["submit", "--host", "http://kfp"])
     assert result.exit_code == 1
     assert "error: run run-1 ended FAILED; see http://kfp/#/runs/details/run-1" in result.output
+
+
+def test_run_refuses_a_model_name_that_escapes_the_store(mlops_home: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--model-name", "../../x-escape"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: parameter model_name='../../x-escape' is invalid")
+    assert not mlops_home.exists()
+    assert not (mlops_home.parent.parent / "x-escape").exists()
+
+
+def test_submit_refuses_bad_parameters_before_creating_a_run(fake_kfp) -> None:
+    result = CliRunner().invoke(main, ["submit", "--host", "http://kfp", "--namespace", "Bad_NS"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: parameter namespace='Bad_NS' is invalid")
+    assert fake_kfp.calls == []  # no client, no run
+
+
+def _deploy_version_1(home: Path, tiny_model) -> Path:
+    """A real published and locally deployed version 1; returns its folder."""
+    import joblib
+
+    from mlops.store import LocalStore
+
+    model_file = home.parent / "model.joblib"
+    joblib.dump(tiny_model[0], model_file)
+    store = LocalStore(home / "store")
+    store.publish("breast-cancer", model_file, {"sha256": "x"})
+    settings = PredictorSettings(name="breast-cancer",
+                                 storage_uri=store.version_uri("breast-cancer", 1),
+                                 model_version=1)
+    deploy_inference_service(settings, "local", home)
+    return home / "store" / "breast-cancer" / "1"
+
+
+def test_run_stops_on_a_corrupt_state_file_before_writing(mlops_home: Path, tiny_model) -> None:
+    _deploy_version_1(mlops_home, tiny_model)
+    state = mlops_home / "serving" / "breast-cancer.yaml"
+    state.write_text("inferenceService: [unclosed\n")
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(state) in lines[0]
+    assert sorted(p.name for p in (mlops_home / "store" / "breast-cancer").iterdir()) == ["1"]
+    assert not (mlops_home / "mlflow.db").exists()
+
+
+def test_run_stops_on_a_corrupt_served_metadata_before_writing(
+    mlops_home: Path, tiny_model
+) -> None:
+    folder = _deploy_version_1(mlops_home, tiny_model)
+    (folder / "metadata.json").write_text("{not json")
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(folder / "metadata.json") in lines[0]
+    assert sorted(p.name for p in (mlops_home / "store" / "breast-cancer").iterdir()) == ["1"]
+    assert not (mlops_home / "mlflow.db").exists()

@@ -34,15 +34,33 @@ def test_deploy_steps_are_gated_on_the_evaluation(fresh: dict) -> None:
     assert set(inner) == {"upload-model", "deploy-model"}
 
 
-def test_outside_world_steps_are_not_cached_and_io_steps_retry(fresh: dict) -> None:
+def test_outside_world_steps_are_not_cached_and_no_step_is_retried_by_kfp(fresh: dict) -> None:
     tasks = fresh["spec"]["root"]["dag"]["tasks"]
     inner = fresh["spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
     for task in (tasks["load-data"], tasks["evaluate"], inner["upload-model"],
                  inner["deploy-model"]):
         assert task["cachingOptions"].get("enableCache") is not True
     assert tasks["train"]["cachingOptions"]["enableCache"] is True
-    for task in (tasks["load-data"], inner["upload-model"], inner["deploy-model"]):
-        assert task["retryPolicy"]["maxRetryCount"] == 2
+    # KFP retries on any failure (an empty CSV, a rejected deploy); the clients retry
+    # transient faults only.
+    for task in [*tasks.values(), *inner.values()]:
+        assert "retryPolicy" not in task
+
+
+def test_parameters_are_checked_before_any_other_step(fresh: dict) -> None:
+    tasks = fresh["spec"]["root"]["dag"]["tasks"]
+    assert "dependentTasks" not in tasks["check-parameters"]
+    assert tasks["load-data"]["dependentTasks"] == ["check-parameters"]
+    # Every other step reads load_data's output, so it runs after the check too.
+    checked = set(tasks["check-parameters"]["inputs"]["parameters"])
+    assert {"model_name", "canary_traffic_percent", "hyperparameters", "test_size"} <= checked
+
+
+def test_the_predictor_uses_the_service_account_with_the_s3_secret(fresh: dict) -> None:
+    parameters = fresh["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert parameters["service_account"]["defaultValue"] == "kserve-minio-sa"
+    manifests = Path(__file__).parents[2] / "manifests"
+    assert any("kserve-minio-sa" in p.read_text() for p in manifests.rglob("*.yaml"))
 
 
 def test_every_step_runs_the_project_image_without_installing(fresh: dict) -> None:

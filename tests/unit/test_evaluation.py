@@ -2,6 +2,8 @@ import pandas as pd
 import pytest
 
 from mlops.evaluation import (
+    ChampionMismatchError,
+    check_champion,
     classification_curves,
     decide_deployment,
     incompatible_champion,
@@ -53,3 +55,54 @@ def test_a_champion_on_other_features_gates_with_the_reason() -> None:
     assert decision is not None and not decision.deploy
     assert "champion takes 2 features" in decision.reason and "--model-name" in decision.reason
     assert incompatible_champion(["a", "b"], ["a", "b"]) is None
+
+
+# Both gate boundaries are inclusive: exactly min_accuracy passes, exactly max_degradation
+# passes. The values are binary fractions, so the comparison is exact (a `>=` for `>` or a
+# `<=` for `<` fails these).
+def test_accuracy_exactly_at_min_accuracy_passes() -> None:
+    at_floor = {**GOOD, "accuracy": 0.75}
+    assert decide_deployment(at_floor, None, min_accuracy=0.75, max_degradation=0.0).deploy
+    below = {**GOOD, "accuracy": 0.5}
+    assert not decide_deployment(below, None, min_accuracy=0.75, max_degradation=0.0).deploy
+
+
+def test_f1_drop_exactly_at_max_degradation_passes() -> None:
+    challenger = {**GOOD, "f1": 0.5}
+    assert decide_deployment(challenger, {**GOOD, "f1": 0.75}, 0.5, max_degradation=0.25).deploy
+    assert not decide_deployment(challenger, {**GOOD, "f1": 0.875}, 0.5, 0.25).deploy
+
+
+def test_the_same_features_in_another_order_are_incompatible() -> None:
+    assert incompatible_champion(["a", "b", "c"], ["a", "b", "c"]) is None
+    decision = incompatible_champion(["a", "b", "c"], ["b", "a", "c"])
+    assert decision is not None and not decision.deploy
+
+
+def test_a_deployed_model_without_champion_alias_is_refused() -> None:
+    with pytest.raises(ChampionMismatchError) as caught:
+        check_champion("breast-cancer", deployed="1", is_deployed=True, champion=None)
+    message = str(caught.value)
+    assert "serves version 1 but MLflow has no 'champion' alias" in message
+    assert "mlops promote breast-cancer" in message and "\n" not in message
+
+
+def test_a_champion_alias_naming_another_version_is_refused() -> None:
+    with pytest.raises(ChampionMismatchError, match="serves version 1 but MLflow's 'champion'"
+                       " alias names version 2"):
+        check_champion("breast-cancer", deployed="1", is_deployed=True, champion="2")
+
+
+@pytest.mark.parametrize(
+    ("deployed", "is_deployed", "champion"),
+    [
+        ("1", True, "1"),  # they agree
+        (None, False, None),  # nothing deployed, no champion: the first run
+        (None, False, "3"),  # serving state gone but the registry knows: gate against it
+        (None, True, "3"),  # deployed, stable version unknown (cluster): trust the alias
+    ],
+)
+def test_agreeing_or_unknowable_states_are_accepted(
+    deployed: str | None, is_deployed: bool, champion: str | None
+) -> None:
+    check_champion("m", deployed=deployed, is_deployed=is_deployed, champion=champion)

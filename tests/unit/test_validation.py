@@ -39,6 +39,14 @@ def test_missing_values_are_counted_per_column(breast_cancer: pd.DataFrame) -> N
         validate_table(frame, "target", 1)
 
 
+def test_missing_labels_are_rejected(breast_cancer: pd.DataFrame) -> None:
+    # The label is checked like the features: a NaN label would train as a third class.
+    frame = breast_cancer.astype({"target": float})
+    frame.loc[[5, 9], "target"] = np.nan
+    with pytest.raises(DataValidationError, match="column 'target' has 2 missing values"):
+        validate_table(frame, "target", 1)
+
+
 def test_infinite_values_are_rejected(breast_cancer: pd.DataFrame) -> None:
     frame = breast_cancer.copy()
     frame.loc[0, "mean area"] = np.inf
