@@ -20,9 +20,15 @@ PIPELINE_NAME = "train-gate-deploy-sklearn"
 CLUSTER_STORE_URI = "s3://models"
 CLUSTER_TRACKING_URI = "http://mlflow.kubeflow-user.svc.cluster.local:5000"
 # The Secret in KFP's namespace (`kubeflow`) whose keys become every step's environment in the
-# cluster: the model store's endpoint and keys (mlops.settings.S3Settings). manifests/ creates it.
+# cluster: the model store's endpoint and keys (mlops.settings.S3Settings), and the key that signs
+# and verifies model versions (mlops.signing; never stored in the bucket). manifests/ creates it.
 CLUSTER_S3_SECRET = "mlops-s3"
-S3_SECRET_KEYS = ("MLOPS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_SECRET_KEYS = (
+    "MLOPS_S3_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MLOPS_SIGNING_KEY",
+)
 # The ServiceAccount manifests/ creates with the S3 Secret the storage initializer reads; the
 # namespace's `default` one lists no Secret, and the predictor could not download its model.
 DEFAULT_SERVICE_ACCOUNT = "kserve-minio-sa"
