@@ -7,7 +7,7 @@ script with ``--loadgen``) speaking minimal HTTP/1.1 over asyncio streams, so th
 little next to the servers. MLServer is what KServe picks for sklearn with protocol v2 when no
 runtime is named.
 
-    .venv/bin/python benchmarks/serving.py [--duration 5] [--repeat 3] [--concurrency 8]
+    .venv/bin/python benchmarks/serving_throughput.py [--duration 5] [--repeat 3] [--concurrency 8]
 
 MLServer and mlserver-sklearn are installed into their own venv (``<MLOPS_HOME>/bench-venv``,
 created on first use) so their pins never touch the project's.
