@@ -164,7 +164,7 @@ class LocalStore:
 
     def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
         # file://: KServe's webhook accepts only storageUri schemes it knows, not a bare path.
-        return f"file://{self.uri}/{model_name}/{version}"
+        return f"file://{self.uri}/{model_name}/{version}/"
 
 
 class S3Store:
@@ -283,7 +283,7 @@ class S3Store:
         return dest
 
     def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
-        return f"{self.uri}/{model_name}/{version}"
+        return f"{self.uri}/{model_name}/{version}/"
 
     def download_object(self, key: str, dest: Path) -> Path:
         """Download one object of the bucket (a dataset, say) to ``dest``.
