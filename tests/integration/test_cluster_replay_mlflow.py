@@ -106,9 +106,14 @@ def test_mlflow_with_the_manifests_args_starts_within_the_probe_budget_under_its
         PATH=os.environ["PATH"],
     )
 
+    log = (tmp_path / "mlflow.log").open("w")
     started = time.monotonic()
     server = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command,
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
         start_new_session=True,
     )
     tree = psutil.Process(server.pid)
@@ -119,7 +124,9 @@ def test_mlflow_with_the_manifests_args_starts_within_the_probe_budget_under_its
         while time.monotonic() - started < budget:
             peak = max(peak, _tree_rss(tree))
             if server.poll() is not None:
-                pytest.fail(f"mlflow server exited: {server.stderr.read().decode()[-2000:]}")
+                log.flush()
+                tail = (tmp_path / "mlflow.log").read_text()[-2000:]
+                pytest.fail(f"mlflow server exited: {tail}")
             if _get(f"{base}/health") == 200:
                 ready_after = time.monotonic() - started
                 break
@@ -139,6 +146,7 @@ def test_mlflow_with_the_manifests_args_starts_within_the_probe_budget_under_its
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        log.close()
 
     print(
         f"\nmlflow replay: healthy after {ready_after:.1f} s (startupProbe budget {budget} s); "
