@@ -32,6 +32,11 @@ from tests.conftest import find_object, render_overlay, secret_value
 ROOT = Path(__file__).parents[2]
 MODEL = "breast-cancer"
 ANNOTATION = "serving.kserve.io/"
+# MinIO's built-in `readwrite` policy, which the bucket Job attaches to the pipeline's user.
+READ_WRITE = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*"]}],
+}
 
 
 def _storage_python() -> str:
@@ -90,8 +95,7 @@ def store_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         iam = _iam(endpoint)
         keys = {}
         for user, doc in (
-            ("mlops", json.dumps({"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]})),
+            ("mlops", json.dumps(READ_WRITE)),
             ("kserve-reader", json.dumps(for_moto)),
         ):
             iam.create_user(UserName=user)
