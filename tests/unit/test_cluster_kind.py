@@ -105,7 +105,7 @@ def test_submit_port_forwards_to_kfp_and_the_image_is_the_components_default() -
 
 def _dry_run(*targets: str) -> str:
     result = subprocess.run(
-        ["make", "-n", "-C", str(ROOT), *targets],
+        ["make", "-n", "-B", "-C", str(ROOT), *targets],
         capture_output=True,
         text=True,
         timeout=30,
@@ -163,11 +163,10 @@ def test_image_builds_without_provenance_and_falls_back_to_an_image_archive() ->
 
 
 def test_kind_up_installs_istio_with_kserve_cis_minimal_requests() -> None:
-    commands = _dry_run("kind-up")
+    commands = _dry_run("kind-up").replace("\\\n", " ")
     (install,) = [line for line in commands.splitlines() if "ISTIOD_EXTRA_ARGS=" in line]
-    assert "install.sh" in install or "ISTIO_GATEWAY_EXTRA_ARGS" in install
+    assert "bash ./install.sh" in install  # the installer reads both from its environment
     for name in ("ISTIOD_EXTRA_ARGS", "ISTIO_GATEWAY_EXTRA_ARGS"):
-        args = re.search(rf'{name}="([^"]*)"', commands).group(1)
+        args = re.search(rf'{name}="([^"]*)"', install).group(1)
         assert "--set resources.requests.cpu=5m" in args
         assert "--set resources.requests.memory=32Mi" in args
-    assert "bash ./install.sh" in commands
