@@ -4,6 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# KServe's release, for the cluster (kind-up) and for the storage initializer `make test` replays:
+# the `kserve-storage` package of the same release, in its own venv (its pins are not ours).
+KSERVE_VERSION ?= v0.20.0
+STORAGE_VENV := $(VENV)/kserve-storage-$(KSERVE_VERSION)
+STORAGE_STAMP := $(STORAGE_VENV)/.installed
 
 .PHONY: setup run serve test lint compile lock clean
 
@@ -22,8 +27,15 @@ run: $(STAMP) ## run the pipeline locally (kfp.local) and deploy to the local In
 serve: $(STAMP) ## serve the local InferenceService on :8080 (foreground)
 	$(BIN)/mlops serve $(ARGS)
 
-test: $(STAMP) ## unit, local integration and offline cluster checks (e2e tests skip without a cluster)
-	$(BIN)/pytest $(ARGS)
+$(STORAGE_STAMP):
+	@echo "==> installing kserve-storage $(KSERVE_VERSION:v%=%) (KServe's storage initializer) into $(STORAGE_VENV)"
+	@test -x $(STORAGE_VENV)/bin/python || $(PYTHON) -m venv $(STORAGE_VENV)
+	@$(STORAGE_VENV)/bin/python -m pip install -q "kserve-storage==$(KSERVE_VERSION:v%=%)"
+	@touch $(STORAGE_STAMP)
+
+# -m "not e2e": `make test` never talks to a cluster, even when the kube-context reaches one.
+test: $(STAMP) $(STORAGE_STAMP) ## unit, local integration, offline cluster checks and the two cluster replays (no e2e)
+	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python $(BIN)/pytest -m "not e2e" $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
@@ -56,14 +68,18 @@ OVERLAY ?= dev
 MODEL_NAMESPACE ?= kubeflow-user
 # KServe's Knative-mode installer (cert-manager, Istio, Knative Operator + Serving, KServe and its
 # ClusterServingRuntimes) as attached to the release; the same file is in the repository at
-# install/$(KSERVE_VERSION)/ of the tag, the fallback.
-KSERVE_VERSION ?= v0.20.0
+# install/$(KSERVE_VERSION)/ of the tag, the fallback. (KSERVE_VERSION is set at the top.)
 KSERVE_INSTALLER ?= https://github.com/kserve/kserve/releases/download/$(KSERVE_VERSION)/kserve-knative-mode-full-install-with-manifests.sh
 KSERVE_INSTALLER_AT_TAG ?= https://raw.githubusercontent.com/kserve/kserve/$(KSERVE_VERSION)/install/$(KSERVE_VERSION)/kserve-knative-mode-full-install-with-manifests.sh
 # The KFP backend release that matches the kfp SDK pinned in pyproject.toml (2.17).
 PIPELINE_VERSION ?= 2.17.0
 KFP_MANIFESTS := github.com/kubeflow/pipelines/manifests/kustomize
 KFP_PORT ?= 8888
+# Istio with minimal requests, as KServe's own CI installs it (kserve v0.20.0
+# test/scripts/gh-actions/setup-deps.sh); the installer passes these to `helm install istiod`
+# and `helm install istio-ingressgateway`. The chart defaults ask istiod alone for 500m / 2Gi.
+ISTIOD_EXTRA_ARGS ?= --set resources.requests.cpu=5m --set resources.requests.memory=32Mi
+ISTIO_GATEWAY_EXTRA_ARGS ?= --set resources.requests.cpu=5m --set resources.requests.memory=32Mi --set resources.limits.cpu=100m --set resources.limits.memory=128Mi
 INGRESS_NODE_PORT := 31080
 
 kind-up: ## create the kind cluster; install KServe (Knative mode), KFP, then manifests/overlays/$(OVERLAY)
@@ -78,7 +94,8 @@ kind-up: ## create the kind cluster; install KServe (Knative mode), KFP, then ma
 	@set -euo pipefail; tmp=$$(mktemp -d); \
 		curl -fsSL "$(KSERVE_INSTALLER)" -o "$$tmp/install.sh" \
 			|| curl -fsSL "$(KSERVE_INSTALLER_AT_TAG)" -o "$$tmp/install.sh"; \
-		cd "$$tmp" && bash ./install.sh
+		cd "$$tmp" && ISTIOD_EXTRA_ARGS="$(ISTIOD_EXTRA_ARGS)" \
+			ISTIO_GATEWAY_EXTRA_ARGS="$(ISTIO_GATEWAY_EXTRA_ARGS)" bash ./install.sh
 	$(KUBECTL) wait --for=condition=Available deployment/kserve-controller-manager -n kserve --timeout=300s
 	$(KUBECTL) wait --for=condition=Ready pod -l app=istio-ingressgateway -n istio-system --timeout=300s
 	@echo "==> pinning the Istio ingress gateway's HTTP port to NodePort $(INGRESS_NODE_PORT) (kind-config.yaml maps it to localhost:8081)"
@@ -95,11 +112,20 @@ kind-up: ## create the kind cluster; install KServe (Knative mode), KFP, then ma
 	$(KUBECTL) wait --for=condition=Complete job/create-buckets -n $(MODEL_NAMESPACE) --timeout=300s
 	@echo "==> [5/5] ready: KFP UI: kubectl port-forward -n kubeflow svc/ml-pipeline-ui $(KFP_PORT):80; then 'make image submit'"
 
+# --provenance=false: no attestation manifest, so the image is one platform's manifest, which
+# `kind load docker-image` handles under Docker's containerd image store (kubernetes-sigs/kind
+# #3795, #4066). If the load still fails, `docker save` + `kind load image-archive` does it.
 image: ## build the project image (Dockerfile) and load it into the kind cluster
 	@echo "==> building $(IMAGE) from Dockerfile"
-	$(DOCKER) build -t $(IMAGE) .
+	$(DOCKER) build --provenance=false -t $(IMAGE) .
 	@echo "==> loading $(IMAGE) into kind cluster '$(CLUSTER)'"
-	$(KIND) load docker-image $(IMAGE) --name $(CLUSTER)
+	@set -euo pipefail; \
+		if ! $(KIND) load docker-image $(IMAGE) --name $(CLUSTER); then \
+			echo "    kind load docker-image failed; loading through docker save + kind load image-archive"; \
+			tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+			$(DOCKER) save -o "$$tmp/image.tar" $(IMAGE); \
+			$(KIND) load image-archive "$$tmp/image.tar" --name $(CLUSTER); \
+		fi
 
 submit: $(STAMP) ## compile the pipeline, run it on KFP (port-forward to ml-pipeline-ui) and wait
 	@echo "==> compiling the pipeline to pipelines/compiled/training_pipeline.yaml"
@@ -112,9 +138,11 @@ submit: $(STAMP) ## compile the pipeline, run it on KFP (port-forward to ml-pipe
 		$(BIN)/mlops submit --host http://localhost:$(KFP_PORT) --namespace $(MODEL_NAMESPACE) $(ARGS)
 	$(KUBECTL) get inferenceservices -n $(MODEL_NAMESPACE)
 
-e2e: $(STAMP) ## end-to-end tests against the kind cluster (pytest -m e2e)
+# MLOPS_E2E_REQUIRED=1: a missing cluster or component fails the tests (a plain pytest skips).
+e2e: $(STAMP) ## end-to-end tests against the kind cluster (pytest -m e2e); fails without one
 	@echo "==> e2e tests against kind cluster '$(CLUSTER)' (namespace $(MODEL_NAMESPACE))"
-	MLOPS_E2E_NAMESPACE=$(MODEL_NAMESPACE) MLOPS_E2E_KUBECTL=$(KUBECTL) $(BIN)/pytest -m e2e tests/e2e $(ARGS)
+	MLOPS_E2E_REQUIRED=1 MLOPS_E2E_NAMESPACE=$(MODEL_NAMESPACE) MLOPS_E2E_KUBECTL=$(KUBECTL) \
+		$(BIN)/pytest -m e2e tests/e2e $(ARGS)
 
 kind-down: ## delete the kind cluster
 	@echo "==> deleting kind cluster '$(CLUSTER)'"

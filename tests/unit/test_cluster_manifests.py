@@ -101,18 +101,70 @@ def test_the_storage_secret_points_kserve_at_this_namespaces_minio(built: Any) -
     assert {"name": "kserve-minio-s3"} in account["secrets"]
 
 
-def test_the_pipeline_steps_get_the_same_store_and_keys_in_kfps_namespace(built: Any) -> None:
+def test_the_pipeline_steps_get_the_read_write_user_and_a_signing_key_in_kfps_namespace(
+    built: Any,
+) -> None:
+    from pipelines import training
+
     _, objects = built
     namespace = _model_namespace(objects)
-    storage = _find(objects, "Secret", "kserve-minio-s3")
+    read_write = _find(objects, "Secret", "mlops-store-rw")
     (steps,) = [
         o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"].startswith("mlops-s3")
     ]
     assert steps["metadata"]["namespace"] == "kubeflow"
+    # Every key the pipeline maps from the Secret into the steps' env must be there.
+    assert {*training.S3_SECRET_KEYS, "MLOPS_SIGNING_KEY"} <= set(steps["data"])
     endpoint = _secret_value(steps, "MLOPS_S3_ENDPOINT")
     assert endpoint == f"http://minio.{namespace}.svc.cluster.local:9000"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        assert _secret_value(steps, key) == _secret_value(storage, key)
+        assert _secret_value(steps, key) == _secret_value(read_write, key)
+    assert _secret_value(steps, "MLOPS_SIGNING_KEY").startswith("kind-only-")
+
+
+def test_serving_reads_the_store_with_its_own_read_only_user(built: Any) -> None:
+    _, objects = built
+    serving = _find(objects, "Secret", "kserve-minio-s3")
+    read_write = _find(objects, "Secret", "mlops-store-rw")
+    assert _secret_value(serving, "AWS_ACCESS_KEY_ID") != _secret_value(
+        read_write, "AWS_ACCESS_KEY_ID"
+    )
+    job = _find(objects, "Job", "create-buckets")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    script = "\n".join(container["args"])
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container["env"]
+        if "valueFrom" in e
+    }
+    assert refs["RW_ACCESS_KEY_ID"] == "mlops-store-rw"
+    assert refs["RO_ACCESS_KEY_ID"] == "kserve-minio-s3"
+    assert 'attach store readwrite --user "$RW_ACCESS_KEY_ID"' in script
+    assert 'attach store models-read-only --user "$RO_ACCESS_KEY_ID"' in script
+    # The policy the Job creates is the ConfigMap's document, mounted where the script reads it.
+    (volume,) = pod["volumes"]
+    (mount,) = container["volumeMounts"]
+    policy = _find(objects, "ConfigMap", volume["configMap"]["name"])
+    (file_name,) = policy["data"]
+    assert f"mc admin policy create store models-read-only {mount['mountPath']}/{file_name}" in (
+        script
+    )
+    # Nothing but the pipeline's user (MLflow, the Job) uses the read-write Secret.
+    mlflow = _find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in mlflow["env"] if "valueFrom" in e} == {
+        "mlops-store-rw"
+    }
+
+
+def test_mlflow_runs_one_worker_without_job_execution_behind_a_startup_probe(built: Any) -> None:
+    _, objects = built
+    mlflow = _find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "--workers=1" in mlflow["args"]
+    env = {e["name"]: e.get("value") for e in mlflow["env"]}
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert mlflow["startupProbe"]["httpGet"]["path"] == "/health"
+    assert "initialDelaySeconds" not in mlflow["livenessProbe"]  # the startupProbe holds it off
 
 
 def test_pipeline_runner_may_manage_inference_services_in_the_model_namespace_only(

@@ -90,3 +90,14 @@ def test_e2e_collects_logs_and_descriptions_when_it_fails() -> None:
     script = "\n".join(s.get("run", "") for s in on_failure)
     assert "kubectl describe" in script and "kubectl logs" in script and "events" in script
     assert any(s.get("uses", "").startswith("actions/upload-artifact@") for s in on_failure)
+
+
+def test_ci_run_calls_the_readmes_test_command_which_leaves_out_e2e() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.findall(r"```bash\n(make run.*?)```", readme, re.DOTALL)[0]  # the top one
+    documented = [line.split("#")[0].strip() for line in block.splitlines() if "make test" in line]
+    ci_run = (ROOT / ".ci/run").read_text().splitlines()
+    assert documented == ["make test"] and "make test" in ci_run
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^test:.*\n((?:\t.*\n?)+)", makefile, re.MULTILINE).group(1)
+    assert '-m "not e2e"' in recipe
