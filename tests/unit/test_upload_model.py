@@ -29,5 +29,5 @@ def test_uploading_twice_for_one_run_publishes_one_version(tmp_path: Path, tiny_
     }
     first = upload_model.python_func(**arguments)
     again = upload_model.python_func(**arguments)
-    assert tuple(again) == tuple(first) == (1, f"file://{tmp_path / 'store'}/m/1")
+    assert tuple(again) == tuple(first) == (1, f"file://{tmp_path / 'store'}/m/1/")
     assert LocalStore(tmp_path / "store").versions("m") == [1]
