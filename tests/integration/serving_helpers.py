@@ -103,6 +103,12 @@ def deploy(home: Path, version: int, storage_uri: str, canary: int | None = None
     return deploy_inference_service(settings, "local", home)
 
 
+def mlops(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the ``mlops`` CLI with ``MLOPS_HOME=home`` (and ``env``); its exit code and output."""
+    environ = {**os.environ, "MLOPS_HOME": str(home), **env}
+    return subprocess.run([MLOPS, *args], capture_output=True, text=True, env=environ, timeout=120)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

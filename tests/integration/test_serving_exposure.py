@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import socket
-import subprocess
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,13 +15,13 @@ import pandas as pd
 import pytest
 
 from tests.integration.serving_helpers import (
-    MLOPS,
     NAME,
     Served,
     ServerProcess,
     deploy,
     fit,
     free_port,
+    mlops,
     publish,
     start_server,
     v2_body,
@@ -40,11 +38,6 @@ def one_version(home: Path, frame: pd.DataFrame, tmp: Path) -> Path:
     version, uri = publish(home, fit(frame, 1.0), frame, tmp)
     deploy(home, version, uri)
     return home
-
-
-def mlops(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "MLOPS_HOME": str(home), **env}
-    return subprocess.run([MLOPS, *args], capture_output=True, text=True, env=environ, timeout=120)
 
 
 def test_no_request_can_unload_the_model_not_even_a_cross_site_form(canary_server: Served) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -13,11 +12,11 @@ import pytest
 from mlops.store import open_store
 from tests.integration.s3_server import S3Server
 from tests.integration.serving_helpers import (
-    MLOPS,
     NAME,
     deploy,
     fit,
     free_port,
+    mlops,
     publish,
     start_server,
     v2_body,
@@ -25,11 +24,6 @@ from tests.integration.serving_helpers import (
 )
 
 CHAMPION = f"{NAME}-predictor-00001"
-
-
-def mlops(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLOPS_HOME": str(home)}
-    return subprocess.run([MLOPS, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_a_champion_that_fails_to_load_answers_503_keeps_its_share_and_recovers(

