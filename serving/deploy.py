@@ -7,11 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.inference_service import (
-    MODEL_VERSION_LABEL,
-    PredictorSettings,
-    build_inference_service,
-)
+from serving.inference_service import PredictorSettings, build_inference_service
 
 TARGETS = ("local", "kubernetes")
 
@@ -90,6 +86,10 @@ def serving_versions(isvc: dict[str, Any], revision_versions: Mapping[str, str])
 
     if latest is None:  # the latest revision failed to load: only the previous one serves
         return ServingVersions(stable=version(prev), canary=None)
+    if prev is not None and prev.get("revisionName") == latest.get("revisionName"):
+        # KServe splits one revision with itself after a retried first deploy (latest 10%,
+        # prev 90%, both revision 1): one version serves everything, there is no canary.
+        return ServingVersions(stable=version(latest), canary=None)
     percent = int(latest.get("percent", 0))
     if percent >= 100 or prev is None:
         return ServingVersions(stable=version(latest), canary=None)
@@ -97,24 +97,27 @@ def serving_versions(isvc: dict[str, Any], revision_versions: Mapping[str, str])
 
 
 def revision_versions(isvc: dict[str, Any], target: str, state_dir: Path) -> dict[str, str]:
-    """Model version per revision: all of them locally; on kubernetes, the latest one only.
+    """Model version per revision named in the traffic, as far as it is known.
 
-    In the cluster the traffic status names revisions, and only the InferenceService's own
-    label tells a version: that of its current spec, i.e. of the latest revision. The
-    ``prev`` revision's version is then unknown, and the aliases keep what they say of it.
+    Locally the state records every revision's version. In the cluster each Knative Revision
+    in ``status.components.predictor.traffic`` is read: it carries the version label and the
+    storage URI of the InferenceService it was made from (``kubernetes_target.revision_versions``),
+    so the ``prev`` revision's version is known too. A revision that no longer exists is unknown.
+
+    Raises:
+        RuntimeError: When the cluster cannot be read.
     """
     if target == "local":
         from serving import local_controller
 
         state = local_controller.read_state(isvc["metadata"]["name"], state_dir)
         return {rev: str(info.get("modelVersion", "")) for rev, info in state["revisions"].items()}
+    from serving import kubernetes_target
+
     predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
-    latest = predictor.get("latestCreatedRevision") or next(
-        (t.get("revisionName") for t in predictor.get("traffic", []) if t.get("latestRevision")),
-        None,
-    )
-    label = isvc.get("metadata", {}).get("labels", {}).get(MODEL_VERSION_LABEL)
-    return {str(latest): str(label)} if latest and label else {}
+    names = [str(t["revisionName"]) for t in predictor.get("traffic", []) if t.get("revisionName")]
+    namespace = isvc.get("metadata", {}).get("namespace") or "default"
+    return kubernetes_target.revision_versions(namespace, names)
 
 
 def deployed_versions(

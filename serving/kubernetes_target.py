@@ -17,6 +17,15 @@ pool (:func:`api_retry`); a replace refused with 409 (someone wrote in between) 
 fresh read. Nothing else is retried: a refused object or a revision that never gets Ready fails
 at once with one line. Nothing here deletes anything: when a new revision fails, Knative keeps
 routing to the revision that served before.
+
+The model version of each Knative Revision in the traffic is read from the Revision itself
+(:func:`revision_versions`): in Knative mode KServe builds the Knative Service's
+``spec.template.metadata`` from the InferenceService's labels and annotations
+(``buildObjectMeta`` in ``pkg/controller/v1beta1/inferenceservice/components/predictor.go``,
+less inferenceservice-config's ``serviceLabelDisallowedList``, applied by
+``createKnativeService``) and adds the storage URI as an annotation
+(``addStorageInitializerAnnotations``); Knative creates every Revision with that metadata
+(``MakeRevision`` in knative/serving ``pkg/reconciler/configuration/resources/revision.go``).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,6 +51,11 @@ TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 POLL_INTERVAL_S = 5.0
 # Replace attempts when the object changed between our read and our write (409).
 CONFLICT_ATTEMPTS = 3
+# KServe's constants.StorageInitializerSourceUriInternalAnnotationKey: the predictor's
+# storageUri, on the Knative Service's template and so on every Revision.
+STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+KNATIVE_GROUP = "serving.knative.dev"
+KNATIVE_VERSION = "v1"
 
 
 class KubernetesApiError(RuntimeError):
@@ -88,14 +102,22 @@ def _client() -> KServeClient:
     return kserve
 
 
-def _request(action: str, namespace: str, name: str, call: Callable[[], Any]) -> Any:
-    """Run one ``KServeClient`` call; its failure becomes a one-line ``KubernetesApiError``."""
+def _request(
+    action: str,
+    namespace: str,
+    name: str,
+    call: Callable[[], Any],
+    kind: str = "InferenceService",
+) -> Any:
+    """Run one API call; its failure becomes a one-line ``KubernetesApiError``."""
     from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError
 
-    what = f"could not {action} InferenceService {namespace}/{name}"
+    what = f"could not {action} {kind} {namespace}/{name}"
     try:
         return call()
+    except ApiException as err:  # a CustomObjectsApi call made directly
+        raise KubernetesApiError(f"{what}: {_api_reason(err, err)}", err.status) from err
     except RuntimeError as err:
         # KServeClient raises RuntimeError while handling the ApiException: its context.
         api = err.__context__ if isinstance(err.__context__, ApiException) else None
@@ -160,6 +182,70 @@ def _exists(client: KServeClient, name: str, namespace: str) -> bool:
     except LookupError:
         return False
     return True
+
+
+def revision_versions(namespace: str, revisions: Iterable[str]) -> dict[str, str]:
+    """The model version of each Knative Revision named in ``revisions``, where it is known.
+
+    Read from the Revision's ``mlops.example.com/model-version`` label (the InferenceService's,
+    which KServe propagates), else from its storage URI annotation (when a cluster's
+    ``serviceLabelDisallowedList`` holds the label back). A Revision that no longer exists (404)
+    or names no version is left out: unknown.
+
+    Args:
+        namespace: The InferenceService's namespace.
+        revisions: Revision names, as the traffic status names them (``revisionName``).
+
+    Returns:
+        Model version (a decimal string) per revision name.
+
+    Raises:
+        RuntimeError: When a Revision cannot be read (refused, 5xx after the retries, no answer).
+    """
+    names = sorted(set(revisions))
+    if not names:
+        return {}
+    api = _client().api_instance
+    versions: dict[str, str] = {}
+    for name in names:
+        read = functools.partial(
+            api.get_namespaced_custom_object,
+            KNATIVE_GROUP,
+            KNATIVE_VERSION,
+            namespace,
+            "revisions",
+            name,
+        )
+        try:
+            revision = _request("read", namespace, name, read, kind="Knative Revision")
+        except KubernetesApiError as err:
+            if err.status == 404:
+                continue
+            raise
+        version = version_of_revision(dict(revision))
+        if version is not None:
+            versions[name] = version
+    return versions
+
+
+def version_of_revision(revision: dict[str, Any]) -> str | None:
+    """The model version a Knative Revision serves: its version label, else its storage URI.
+
+    Returns:
+        The version as a decimal string, or None when the Revision names none.
+    """
+    from mlops.store import split_version_uri
+    from serving.inference_service import MODEL_VERSION_LABEL
+
+    metadata = revision.get("metadata") or {}
+    label = str((metadata.get("labels") or {}).get(MODEL_VERSION_LABEL, ""))
+    if label.isascii() and label.isdigit():
+        return str(int(label))
+    uri = (metadata.get("annotations") or {}).get(STORAGE_URI_ANNOTATION)
+    try:
+        return str(split_version_uri(str(uri))[2]) if uri else None
+    except ValueError:  # not a store version URI: some other model's revision
+        return None
 
 
 def rollout_missing(

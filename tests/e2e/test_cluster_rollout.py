@@ -77,6 +77,22 @@ def _latest(isvc: dict[str, Any]) -> dict[str, Any]:
     return latest
 
 
+def _version(isvc: dict[str, Any]) -> str:
+    """The model version of the InferenceService's spec, i.e. of its latest revision."""
+    from serving.inference_service import MODEL_VERSION_LABEL
+
+    return str(isvc["metadata"]["labels"][MODEL_VERSION_LABEL])
+
+
+def _aliases(mlflow_uri: str) -> tuple[str | None, str | None]:
+    """The versions MLflow's ``champion`` and ``challenger`` aliases name."""
+    from mlops import registry
+
+    found = [registry.version_of_alias(mlflow_uri, MODEL, a) for a in ("champion", "challenger")]
+    champion, challenger = (str(f[0]) if f else None for f in found)
+    return champion, challenger
+
+
 def _ready(isvc: dict[str, Any]) -> bool:
     conditions = isvc.get("status", {}).get("conditions", [])
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
@@ -140,6 +156,7 @@ def test_the_inference_service_is_ready_with_one_revision_taking_all_traffic() -
     latest = _latest(isvc)
     assert latest["percent"] == 100
     seen["first_revision"] = latest["revisionName"]
+    seen["first_version"] = _version(isvc)
 
 
 def test_a_v2_request_through_the_ingress_returns_predictions(
@@ -180,6 +197,8 @@ def test_rollback_returns_all_traffic_to_the_previous_revision(mlflow_uri: str) 
     previous = [t for t in _traffic(isvc) if t["revisionName"] == seen["first_revision"]]
     assert [t.get("percent") for t in previous if t.get("percent")] == [100]
     assert _latest(isvc).get("percent", 0) == 0
+    # The champion is the version that serves 100%: the prev revision's (issue 8 item 9).
+    assert _aliases(mlflow_uri) == (seen["first_version"], None)
 
 
 def test_promote_gives_the_latest_revision_all_traffic(
@@ -197,4 +216,5 @@ def test_promote_gives_the_latest_revision_all_traffic(
     assert latest["percent"] == 100
     predictor = isvc["status"]["components"]["predictor"]
     assert predictor["latestRolledoutRevision"] == seen["canary_revision"]
+    assert _aliases(mlflow_uri) == (_version(isvc), None)
     assert len(_infer(ingress, isvc, rows)["outputs"][0]["data"]) == len(rows)

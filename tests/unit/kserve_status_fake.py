@@ -14,6 +14,12 @@ with an InferenceService in Knative mode, after KServe v0.20.0:
   ``status.observedGeneration`` copied from the Knative Service, not the InferenceService.
 - Knative Serving: one revision per template change, ``latestRevision`` targets routed to the
   latest *ready* revision, the Service's ``observedGeneration`` its own generation.
+- The Revisions (``serving.knative.dev/v1``), readable by name: Knative creates each with the
+  template's metadata (``MakeRevision`` in knative/serving v0.48.1, KServe v0.20.0's pin, plus
+  its own ``serving.knative.dev/*`` labels); KServe builds that metadata (``buildObjectMeta``
+  in ``.../components/predictor.go``, ``createKnativeService``) from the InferenceService's
+  labels, less ``serviceLabelDisallowedList``, and annotations, less
+  ``ServiceAnnotationDisallowedList``, plus the storage URI annotation.
 
 Each GET of an InferenceService first runs one controller round (KServe reconciles with the
 status it has, then Knative reconciles), so successive polls see a rollout progress.
@@ -28,26 +34,46 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-_PATH = re.compile(
-    r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$"
-)
+_PATHS = {
+    "inferenceservices": re.compile(
+        r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$"
+    ),
+    "revisions": re.compile(
+        r"^/apis/serving\.knative\.dev/v1/namespaces/([^/]+)/revisions(?:/([^/]+))?$"
+    ),
+}
 _TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+SOURCE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+# KServe v0.20.0's defaults (pkg/constants): what does not reach the revision template.
+_LABELS_HELD_BACK = ("networking.knative.dev/visibility",)
+_ANNOTATIONS_HELD_BACK = (
+    "autoscaling.knative.dev/min-scale",
+    "autoscaling.knative.dev/max-scale",
+    SOURCE_URI_ANNOTATION,
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "modelFormat",
+)
 
 
 @dataclass(frozen=True)
 class Fault:
-    """The answer to the next request of ``method``; ``processed``: done, then the answer lost."""
+    """The answer to the next ``method`` request on ``resource``.
+
+    ``processed``: the request is carried out, then its answer is lost.
+    """
 
     method: str
     status: int
     reason: str = "InternalError"
     message: str = "injected failure"
     processed: bool = False
+    resource: str = "inferenceservices"
 
 
 @dataclass
@@ -58,6 +84,28 @@ class Revision:
     template: dict[str, Any]
     rounds_to_start: int
     ready: bool | None = None
+    generation: int = 1
+
+    def resource(self, namespace: str, service: str) -> dict[str, Any]:
+        """The Revision as the API returns it: the template's metadata plus Knative's labels."""
+        knative = {
+            "serving.knative.dev/configuration": service,
+            "serving.knative.dev/service": service,
+            "serving.knative.dev/configurationGeneration": str(self.generation),
+        }
+        ready = {None: "Unknown", True: "True", False: "False"}[self.ready]
+        return {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": {
+                "name": self.name,
+                "namespace": namespace,
+                "labels": {**self.template["metadata"]["labels"], **knative},
+                "annotations": dict(self.template["metadata"]["annotations"]),
+            },
+            "spec": copy.deepcopy(self.template["spec"]),
+            "status": {"conditions": [{"type": "Ready", "status": ready}]},
+        }
 
 
 @dataclass
@@ -84,6 +132,27 @@ def ksvc_traffic(canary: int | None, rolled_out: str, tags: bool) -> list[dict[s
         prev = {"revisionName": rolled_out, "latestRevision": False, "percent": 100 - canary}
         targets.append(prev | {"tag": "prev"})
     return targets
+
+
+def revision_template_metadata(
+    isvc: dict[str, Any], labels_held_back: tuple[str, ...] = ()
+) -> dict[str, dict[str, str]]:
+    """``buildObjectMeta`` + ``createKnativeService``: the ksvc's ``spec.template.metadata``."""
+    metadata = isvc["metadata"]
+    labels = {
+        **metadata.get("labels", {}),
+        "serving.kserve.io/inferenceservice": metadata["name"],
+        "component": "predictor",
+    }
+    annotations = {
+        k: v for k, v in metadata.get("annotations", {}).items() if k not in _ANNOTATIONS_HELD_BACK
+    }
+    annotations[SOURCE_URI_ANNOTATION] = isvc["spec"]["predictor"]["model"]["storageUri"]
+    held_back = (*_LABELS_HELD_BACK, *labels_held_back)
+    return {
+        "labels": {k: v for k, v in labels.items() if k not in held_back},
+        "annotations": annotations,
+    }
 
 
 def propagate_status(status: dict[str, Any], service: dict[str, Any]) -> None:
@@ -152,9 +221,12 @@ class FakeCluster:
     Attributes:
         failing_uris: storageUris whose revisions fail (the model does not load).
         slow_uris: storageUri -> controller rounds its revision needs to start (default 1).
+        labels_held_back: inferenceservice-config's ``serviceLabelDisallowedList`` additions.
+        gone_revisions: Revision names the API answers 404 for (deleted).
         faults: answers to the next requests, in order (see ``Fault``).
-        log: (method, settled) per request; ``settled`` (GETs only) says whether a further
-            controller round would change nothing.
+        log: (method, settled) per request (``GET revisions`` for a Revision); ``settled``
+            (InferenceService GETs only) says whether a further controller round would change
+            nothing.
     """
 
     def __init__(self) -> None:
@@ -162,6 +234,8 @@ class FakeCluster:
         self.services: dict[tuple[str, str], KnativeService] = {}
         self.failing_uris: set[str] = set()
         self.slow_uris: dict[str, int] = {}
+        self.labels_held_back: tuple[str, ...] = ()
+        self.gone_revisions: set[str] = set()
         self.faults: list[Fault] = []
         self.log: list[tuple[str, bool | None]] = []
         self._lock = threading.Lock()
@@ -177,8 +251,7 @@ class FakeCluster:
         rolled_out = status.get("components", {}).get("predictor", {})
         template = {
             "spec": {k: v for k, v in predictor.items() if k != "canaryTrafficPercent"},
-            "labels": isvc["metadata"].get("labels", {}),
-            "annotations": isvc["metadata"].get("annotations", {}),
+            "metadata": revision_template_metadata(isvc, self.labels_held_back),
         }
         tags = isvc["metadata"].get("annotations", {}).get(_TAG_ROUTING) == "true"
         traffic = ksvc_traffic(
@@ -201,7 +274,10 @@ class FakeCluster:
             uri = service.template["spec"]["model"]["storageUri"]
             number = len(service.revisions) + 1
             latest = Revision(
-                f"{service.name}-{number:05d}", service.template, self.slow_uris.get(uri, 1)
+                f"{service.name}-{number:05d}",
+                service.template,
+                self.slow_uris.get(uri, 1),
+                generation=number,
             )
             service.revisions.append(latest)
         elif latest.ready is None:
@@ -254,17 +330,36 @@ class FakeCluster:
 
     # -- the API --------------------------------------------------------------------------
 
-    def handle(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
+    def handle(
+        self,
+        method: str,
+        namespace: str,
+        name: str | None,
+        body: Any,
+        resource: str = "inferenceservices",
+    ) -> Response:
         """Answer one API request as the Kubernetes API server would."""
-        fault = next((f for f in self.faults if f.method == method), None)
+        fault = next((f for f in self.faults if (f.method, f.resource) == (method, resource)), None)
+        answer = self._answer if resource == "inferenceservices" else self._revision
         if fault is None:
-            return self._answer(method, namespace, name, body)
+            return answer(method, namespace, name, body)
         self.faults.remove(fault)
         if fault.processed:
-            self._answer(method, namespace, name, body)
+            answer(method, namespace, name, body)
         else:
-            self.log.append((method, None))
+            self.log.append((_logged(method, resource), None))
         return _status(fault.status, fault.reason, fault.message)
+
+    def _revision(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
+        """Revisions are Knative's: readable by name, nothing else."""
+        self.log.append((_logged(method, "revisions"), None))
+        if method != "GET" or name is None:
+            return _status(405, "MethodNotAllowed", f"{method} is not allowed here")
+        for (ns, _), service in self.services.items():
+            found = next((r for r in service.revisions if r.name == name), None)
+            if ns == namespace and found and name not in self.gone_revisions:
+                return _json(200, found.resource(namespace, service.name))
+        return _status(404, "NotFound", f'revisions.serving.knative.dev "{name}" not found')
 
     def _answer(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
         key = (namespace, name or body["metadata"]["name"])
@@ -332,14 +427,36 @@ class FakeCluster:
     def wsgi(self, environ: Any, start_response: Any) -> Any:
         """The WSGI application."""
         request = Request(environ)
-        found = _PATH.match(request.path)
+        routes = ((resource, path.match(request.path)) for resource, path in _PATHS.items())
+        resource, found = next(((r, m) for r, m in routes if m), ("", None))
         if not found:
             response = _status(404, "NotFound", f"no route {request.path}")
         else:
             body = json.loads(request.get_data() or b"null")
             with self._lock:
-                response = self.handle(request.method, found.group(1), found.group(2), body)
+                response = self.handle(
+                    request.method, found.group(1), found.group(2), body, resource
+                )
         return response(environ, start_response)
+
+
+def write_kubeconfig(url: str, path: Path) -> Path:
+    """Write a kubeconfig at ``path`` whose current context is the fake API at ``url``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": {"token": "fake"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "current-context": "fake",
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def _logged(method: str, resource: str) -> str:
+    """How ``FakeCluster.log`` names a request: ``GET``, or ``GET revisions`` for Revisions."""
+    return method if resource == "inferenceservices" else f"{method} {resource}"
 
 
 def _json(code: int, body: Any) -> Response:

@@ -13,29 +13,33 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from serving import kubernetes_target
-from serving.deploy import deploy_inference_service, set_canary_traffic
-from serving.inference_service import PredictorSettings, build_inference_service
-from tests.unit.kserve_status_fake import FakeCluster, Fault, serve
+from serving.deploy import (
+    ServingVersions,
+    deploy_inference_service,
+    deployed_versions,
+    set_canary_traffic,
+)
+from serving.inference_service import (
+    MODEL_VERSION_LABEL,
+    PredictorSettings,
+    build_inference_service,
+)
+from tests.unit.kserve_status_fake import (
+    SOURCE_URI_ANNOTATION,
+    FakeCluster,
+    Fault,
+    serve,
+    write_kubeconfig,
+)
 
 NS = "kubeflow-user"
 NAME = "breast-cancer"
 
 
 def _point_kubeconfig_at(url: str, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fake", "cluster": {"server": url}}],
-        "users": [{"name": "fake", "user": {"token": "fake"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "current-context": "fake",
-    }
-    path = directory / "kubeconfig"
-    path.write_text(yaml.safe_dump(config))
-    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(url, directory / "kubeconfig")))
 
 
 @pytest.fixture
@@ -331,3 +335,115 @@ def test_a_canary_percent_outside_the_range_is_refused_before_any_call(
     with pytest.raises(ValueError, match="within 0..100"):
         kubernetes_target.set_canary_percent(NAME, NS, 101, timeout_s=30)
     assert cluster.log == []
+
+
+SOURCE_URI = SOURCE_URI_ANNOTATION
+
+
+def _promoted_then_rolled_back(tmp_path: Path) -> None:
+    _deploy(1, tmp_path)
+    _deploy(2, tmp_path)
+    kubernetes_target.set_canary_percent(NAME, NS, None, timeout_s=30)
+    kubernetes_target.set_canary_percent(NAME, NS, 0, timeout_s=30)
+
+
+def test_after_promote_then_rollback_the_stable_version_is_the_prev_revisions(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    _promoted_then_rolled_back(tmp_path)
+
+    # The InferenceService's own label says 2; revision 1 takes all traffic and serves 1.
+    assert _stored(cluster)["metadata"]["labels"][MODEL_VERSION_LABEL] == "2"
+    served = deployed_versions(NAME, "kubernetes", state_dir=tmp_path, namespace=NS)
+    assert served == ServingVersions(stable="1", canary=None)
+    assert "GET revisions" in cluster.methods()
+
+
+def test_the_versions_come_from_the_revisions_that_knative_made_from_kserves_template(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    _deploy(1, tmp_path)
+    _deploy(2, tmp_path)
+
+    versions = kubernetes_target.revision_versions(NS, [_rev(1), _rev(2), _rev(1)])
+
+    assert versions == {_rev(1): "1", _rev(2): "2"}
+    assert cluster.methods().count("GET revisions") == 2
+
+
+def test_a_revision_without_the_version_label_is_read_by_its_storage_uri(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    # A cluster whose inferenceservice-config holds the label back from the revisions.
+    cluster.labels_held_back = (MODEL_VERSION_LABEL,)
+    _deploy(1, tmp_path)
+    _deploy(2, tmp_path)
+
+    assert kubernetes_target.revision_versions(NS, [_rev(1), _rev(2)]) == {
+        _rev(1): "1",
+        _rev(2): "2",
+    }
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ({"labels": {MODEL_VERSION_LABEL: "7"}, "annotations": {SOURCE_URI: _uri(3)}}, "7"),
+        ({"labels": {MODEL_VERSION_LABEL: "x"}, "annotations": {SOURCE_URI: _uri(3)}}, "3"),
+        ({"annotations": {SOURCE_URI: "s3://models/breast-cancer/latest/"}}, None),
+        ({}, None),
+    ],
+)
+def test_a_revisions_version_is_its_label_else_its_storage_uri_else_unknown(
+    metadata: dict[str, Any], expected: str | None
+) -> None:
+    assert kubernetes_target.version_of_revision({"metadata": metadata}) == expected
+
+
+def test_a_revision_that_is_gone_is_unknown_and_the_champion_stays(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    _promoted_then_rolled_back(tmp_path)
+    cluster.gone_revisions.add(_rev(1))
+
+    assert kubernetes_target.revision_versions(NS, [_rev(1), _rev(2)]) == {_rev(2): "2"}
+    served = deployed_versions(NAME, "kubernetes", state_dir=tmp_path, namespace=NS)
+    assert served == ServingVersions(stable=None, canary=None)
+
+
+def test_a_refused_revision_read_fails_in_one_line(cluster: FakeCluster, tmp_path: Path) -> None:
+    _deploy(1, tmp_path)
+    message = 'revisions.serving.knative.dev "x" is forbidden: User "pipeline-runner" cannot get'
+    cluster.faults.append(Fault("GET", 403, "Forbidden", message, resource="revisions"))
+
+    with pytest.raises(RuntimeError) as info:
+        deployed_versions(NAME, "kubernetes", state_dir=tmp_path, namespace=NS)
+
+    assert str(info.value) == f"could not read Knative Revision {NS}/{_rev(1)}: {message}"
+
+
+def test_a_transient_error_reading_a_revision_is_retried(
+    cluster: FakeCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kubernetes_target, "BACKOFF_FACTOR_S", 0.0)
+    _deploy(1, tmp_path)
+    cluster.faults.append(Fault("GET", 503, resource="revisions"))
+
+    assert kubernetes_target.revision_versions(NS, [_rev(1)]) == {_rev(1): "1"}
+    assert cluster.faults == []
+    assert cluster.methods().count("GET revisions") == 2
+
+
+def test_a_retried_first_deploy_that_splits_one_revision_has_no_canary(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    cluster.slow_uris[_uri(1)] = 10_000
+    with pytest.raises(RuntimeError, match=r"within 1s"):
+        _deploy(1, tmp_path, timeout_s=1)
+    cluster.start_after(3)
+    applied = _deploy(1, tmp_path)
+    assert _traffic(applied) == [(False, _rev(1), 90), (True, _rev(1), 10)]
+
+    served = deployed_versions(NAME, "kubernetes", state_dir=tmp_path, namespace=NS)
+
+    assert served == ServingVersions(stable="1", canary=None)

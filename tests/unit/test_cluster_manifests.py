@@ -167,10 +167,16 @@ def test_pipeline_runner_may_manage_inference_services_in_the_model_namespace_on
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     role = _find(objects, "Role", "inferenceservice-deployer")
     assert role["metadata"]["namespace"] == namespace
+    allowed = {
+        "serving.kserve.io": {"inferenceservices", "inferenceservices/status"},
+        "serving.knative.dev": {"revisions"},  # read only: the model version of each revision
+    }
     for rule in role["rules"]:
-        assert rule["apiGroups"] == ["serving.kserve.io"]
-        assert set(rule["resources"]) <= {"inferenceservices", "inferenceservices/status"}
+        (group,) = rule["apiGroups"]
+        assert set(rule["resources"]) <= allowed[group]
         assert "*" not in rule["verbs"] and "delete" not in rule["verbs"]
+        if group == "serving.knative.dev":
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}
     verbs = {v for r in role["rules"] if "inferenceservices" in r["resources"] for v in r["verbs"]}
     assert {"get", "create", "update"} <= verbs  # KServeClient get, create, replace
     binding = _find(objects, "RoleBinding", "pipeline-runner-deploys-models")
