@@ -36,7 +36,11 @@ def _skip_unless_cluster() -> None:
     from kubernetes import client, config
 
     try:
-        config.load_kube_config()
+        # Explicitly: the client fixes its default path when first imported, which in a whole
+        # `pytest` run may be under a unit test's fake KUBECONFIG.
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        )
     except Exception as err:  # noqa: BLE001 - any reason means: no cluster to test against
         _missing(f"no cluster reachable (no usable kubeconfig: {err}); run `make kind-up`")
         return
