@@ -259,6 +259,8 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="mlops-bench-") as tmp:
         work = Path(tmp)
         home = work / ".mlops"
+        # The version is signed with this state directory's key, which the server verifies.
+        os.environ["MLOPS_HOME"] = str(home)
         model_file, model, rows = prepare(home, work)
         rng = np.random.default_rng(0)
         scenarios = {
