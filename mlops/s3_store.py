@@ -17,11 +17,11 @@ from mlops import signing
 from mlops.settings import S3Settings
 from mlops.store import (
     CLAIMS_DIR,
-    MAX_CLAIM_ATTEMPTS,
     METADATA_FILE,
     MODEL_FILE,
     StoreError,
     check_model_file,
+    claim_next_version,
     metadata_bytes,
     parse_metadata,
     signing_key_for_publish,
@@ -142,13 +142,12 @@ class S3Store:
 
     def _claim_version(self, model_name: str) -> int:
         claim = json.dumps({"writer": uuid.uuid4().hex}).encode()
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            version = max(self._taken_versions(model_name), default=0) + 1
-            if self._create(self._claim_key(model_name, version), claim, "application/json"):
-                return version
-        raise StoreError(
-            f"could not claim a version number of {model_name!r} in {self.uri} after "
-            f"{MAX_CLAIM_ATTEMPTS} attempts: other publishers took every one; try again"
+        return claim_next_version(
+            lambda: self._taken_versions(model_name),
+            lambda version: self._create(
+                self._claim_key(model_name, version), claim, "application/json"
+            ),
+            f"{self.uri}/{model_name}",
         )
 
     def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -144,6 +145,29 @@ def check_model_file(model_file: Path) -> None:
         raise StoreError(f"could not publish {model_file}: no such file")
 
 
+def claim_next_version(
+    taken: Callable[[], list[int]], claim: Callable[[int], bool], where: str
+) -> int:
+    """Claim the number after the highest taken one; on a lost race, list again and retry.
+
+    Args:
+        taken: Every number in use, complete or not (a half-written version keeps its number).
+        claim: Atomically claims a number; ``False`` when another publisher holds it already.
+        where: The store (and model), for the message.
+
+    Raises:
+        StoreError: When ``MAX_CLAIM_ATTEMPTS`` claims in a row were lost.
+    """
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        version = max(taken(), default=0) + 1
+        if claim(version):
+            return version
+    raise StoreError(
+        f"could not claim a version number in {where} after {MAX_CLAIM_ATTEMPTS} attempts: "
+        "other publishers took every one; try again"
+    )
+
+
 def signing_key_for_publish() -> bytes:
     """The key a publish signs with (created on a first local publish).
 
@@ -234,17 +258,14 @@ class LocalStore:
         return [int(p.name) for p in base.iterdir() if p.name.isdigit()]
 
     def _claim_version(self, base: Path) -> int:
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            version = max(self._taken_versions(base), default=0) + 1
+        def make_directory(version: int) -> bool:
             try:
                 (base / str(version)).mkdir()
             except FileExistsError:
-                continue  # another publisher took it between the listing and the mkdir
-            return version
-        raise StoreError(
-            f"could not claim a version number in {base} after {MAX_CLAIM_ATTEMPTS} attempts: "
-            "other publishers took every one; try again"
-        )
+                return False  # another publisher took it between the listing and the mkdir
+            return True
+
+        return claim_next_version(lambda: self._taken_versions(base), make_directory, str(base))
 
     def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102
         check_model_file(model_file)
