@@ -12,23 +12,17 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+
+from serving.observability import ASGIApp, Message, Receive, Scope, Send, error_response
 
 TOKEN_ENV = "MLOPS_SERVING_TOKEN"
 TOKEN_FILE_OPTION = "--auth-token-file"
 MIN_TOKEN_CHARS = 16
 # Probes need no token: a kubelet or a load balancer checks them without credentials.
 OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def read_token(
@@ -87,12 +81,9 @@ def check_exposure(host: str, token: str | None, allow_unauthenticated: bool) ->
 
 
 def _refuse(status: int, message: str, challenge: bytes | None) -> tuple[Message, Message]:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if challenge is not None:
-        headers.append((b"www-authenticate", challenge))
-    start = {"type": "http.response.start", "status": status, "headers": headers}
-    return start, {"type": "http.response.body", "body": body}
+    if challenge is None:
+        return error_response(status, message)
+    return error_response(status, message, (b"www-authenticate", challenge))
 
 
 class AuthMiddleware:

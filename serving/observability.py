@@ -101,6 +101,23 @@ def configure_request_log(stream: Any = None) -> logging.Logger:
     return logger
 
 
+def error_response(
+    status: int, message: str, *headers: tuple[bytes, bytes]
+) -> tuple[Message, Message]:
+    """The two ASGI messages of a JSON answer in KServe's ``{"error": message}`` shape."""
+    body = json.dumps({"error": message}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
 def _model_from_path(path: str) -> str | None:
     """The model name of an inference path (v2 ``.../infer``, v1 ``...:predict``), else None."""
     if path.startswith("/v2/models/") and path.endswith("/infer"):
@@ -207,25 +224,13 @@ class ObservabilityMiddleware:
         await self.app(scope, replay, send)
 
     async def _too_large(self, size: int, send: Send, at_least: bool = False) -> None:
-        body = json.dumps(
-            {
-                "error": f"request body is {'more than ' if at_least else ''}{size} bytes: the "
-                f"limit is {self.max_body_bytes} bytes (mlops serve --max-body-bytes); "
-                "split the rows over several requests"
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
+        message = (
+            f"request body is {'more than ' if at_least else ''}{size} bytes: the limit is "
+            f"{self.max_body_bytes} bytes (mlops serve --max-body-bytes); split the rows over "
+            "several requests"
         )
-        await send({"type": "http.response.body", "body": body})
+        for part in error_response(413, message, (b"connection", b"close")):
+            await send(part)
 
     def _record(self, info: RequestInfo) -> None:
         model = info.model if info.model in self.model_names else UNKNOWN_MODEL
