@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from serving.inference_service import check_canary_percent, to_dict
+from serving.inference_service import MODEL_VERSION_LABEL, check_canary_percent, to_dict
 
 
 class NotDeployedError(LookupError):
@@ -186,6 +186,18 @@ def _write_state(state: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _desired(state: dict[str, Any]) -> dict[str, Any]:
+    """The recorded InferenceService without its status: what a reconcile starts from."""
+    desired = copy.deepcopy(state["inferenceService"])
+    desired.pop("status", None)
+    return dict(desired)
+
+
+def _cluster_url(name: str, namespace: str) -> str:
+    """The URL KServe's default domain gives the InferenceService (when no local server runs)."""
+    return f"http://{name}.{namespace}.example.com"
+
+
 def _template(isvc: dict[str, Any]) -> dict[str, Any]:
     # Knative cuts a new revision when the pod template changes, not when only traffic does.
     predictor = copy.deepcopy(isvc["spec"]["predictor"])
@@ -218,8 +230,7 @@ def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[
     path = state_path(name, state_dir)
     with _locked(path):
         state = read_state(name, state_dir)
-        desired = copy.deepcopy(state["inferenceService"])
-        desired.pop("status", None)
+        desired = _desired(state)
         predictor = desired["spec"]["predictor"]
         if percent is None:
             predictor.pop("canaryTrafficPercent", None)
@@ -282,7 +293,7 @@ def _reconcile(
         model = desired["spec"]["predictor"]["model"]
         revisions[latest] = {
             "storageUri": model["storageUri"],
-            "modelVersion": metadata.get("labels", {}).get("mlops.example.com/model-version", ""),
+            "modelVersion": metadata.get("labels", {}).get(MODEL_VERSION_LABEL, ""),
             "createdAt": _now(),
             "template": _template(desired),
         }
@@ -291,7 +302,7 @@ def _reconcile(
 
     server = (state or {}).get("server")
     namespace = metadata.get("namespace", "default")
-    url = server["url"] if server else f"http://{name}.{namespace}.example.com"
+    url = server["url"] if server else _cluster_url(name, namespace)
     # A failed revision keeps its share: moving it to the other revision would roll out a
     # canary nobody promoted. Requests routed to it get 503 until the server loads it.
     traffic = _traffic(desired, predictor_status)
@@ -387,8 +398,7 @@ def mark_revision_failed(name: str, revision: str, reason: str, state_dir: Path)
         if revision not in state["revisions"]:
             raise KeyError(f"InferenceService {name!r} has no revision {revision!r}")
         state["revisions"][revision]["failed"] = {"reason": reason, "at": _now()}
-        desired = copy.deepcopy(state["inferenceService"])
-        desired.pop("status", None)
+        desired = _desired(state)
         # A status change, not a spec change: the generation stays, as in the cluster.
         return _reconcile(desired, state, path, spec_changed=False)
 
@@ -413,8 +423,7 @@ def clear_revision_failure(name: str, revision: str, state_dir: Path) -> dict[st
         info = state["revisions"].get(revision)
         if not info or not info.pop("failed", None):
             return dict(state["inferenceService"])
-        desired = copy.deepcopy(state["inferenceService"])
-        desired.pop("status", None)
+        desired = _desired(state)
         return _reconcile(desired, state, path, spec_changed=False)
 
 
@@ -450,8 +459,7 @@ def forget_server(name: str, url: str, state_dir: Path) -> None:
         del state["server"]
         isvc = state["inferenceService"]
         namespace = isvc.get("metadata", {}).get("namespace", "default")
-        default_url = f"http://{name}.{namespace}.example.com"
-        _set_urls(isvc.setdefault("status", {}), name, default_url, local=False)
+        _set_urls(isvc.setdefault("status", {}), name, _cluster_url(name, namespace), local=False)
         _write_state(state, path)
 
 
