@@ -118,6 +118,7 @@ def preflight(arguments: dict[str, Any], state_dir: Path) -> None:
 
 def _check_served_versions(model_name: str, store: Any, state_dir: Path) -> None:
     """Read the local serving state and the ``metadata.json`` of every version it serves."""
+    from mlops.store import METADATA_FILE
     from serving import local_controller
 
     path = local_controller.state_path(model_name, state_dir)
@@ -134,7 +135,7 @@ def _check_served_versions(model_name: str, store: Any, state_dir: Path) -> None
         try:
             store.read_metadata(model_name, int(target.model_version))
         except Exception as err:  # noqa: BLE001
-            where = f"{target.storage_uri}/metadata.json"
+            where = f"{target.storage_uri.rstrip('/')}/{METADATA_FILE}"
             raise PreflightError(
                 _naming(
                     where, err, f"restore that file (it is read to serve and gate {model_name!r})"

@@ -155,3 +155,13 @@ def test_run_stops_on_a_corrupt_served_metadata_before_writing(
     assert len(lines) == 1 and str(folder / "metadata.json") in lines[0]
     assert sorted(p.name for p in (mlops_home / "store" / "breast-cancer").iterdir()) == ["1"]
     assert not (mlops_home / "mlflow.db").exists()
+
+
+def test_run_names_a_missing_served_metadata_file_by_its_path(mlops_home: Path, tiny_model) -> None:
+    folder = _deploy_version_1(mlops_home, tiny_model)
+    (folder / "metadata.json").unlink()
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"file://{folder}/metadata.json is unreadable" in lines[0]
+    assert not (mlops_home / "mlflow.db").exists()
