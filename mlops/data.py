@@ -144,7 +144,7 @@ def _copy_parquet(path: Path, dest: Path, chunk_rows: int) -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    source = pq.ParquetFile(path)
+    source = pq.ParquetFile(path, pre_buffer=False)  # see mlops.scoring.score_table
     # A pandas index stored as columns is dropped, as ``to_parquet(index=False)`` drops it.
     index = (source.schema_arrow.pandas_metadata or {}).get("index_columns", [])
     columns = [name for name in source.schema_arrow.names if name not in index]

@@ -86,7 +86,12 @@ def model_storage_uri(model_name: str, version: int, store_uri: str, tracking_ur
         return open_store(store_uri).version_uri(model_name, version)
     from mlops import registry
 
-    found = registry.version_of_alias(tracking_uri, model_name, registry.CHAMPION)
+    # A local MLflow database that is not there has no champion: asking MLflow would create one.
+    local_db = tracking_uri.startswith("sqlite:///")
+    if local_db and not Path(tracking_uri.removeprefix("sqlite:///")).exists():
+        found = None
+    else:
+        found = registry.version_of_alias(tracking_uri, model_name, registry.CHAMPION)
     if not found or not found[1]:
         raise LookupError(
             f"model {model_name!r} has no champion in MLflow at {tracking_uri}: "
@@ -158,7 +163,9 @@ def score_table(
     import pyarrow.parquet as pq
 
     fmt = fmt or output_format(str(output))
-    source = pq.ParquetFile(table)
+    # pre_buffer=False: pyarrow otherwise keeps every row group it read buffered until the file
+    # is closed, and a 1,000,000-row table would end up in memory whole.
+    source = pq.ParquetFile(table, pre_buffer=False)
     _check_columns(source.schema_arrow.names, feature_names, id_column)
     columns = list(dict.fromkeys([*feature_names, *([id_column] if id_column else [])]))
     classes = np.asarray(model.classes_)
