@@ -160,15 +160,19 @@ def main() -> None:
         }
         for name in ("MLOPS_STORE_URI", "MLFLOW_TRACKING_URI"):
             env.pop(name, None)
-        subprocess.run(_mlops("run"), env=env, cwd=work, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        data = work / f"input.{args.input_format}"
-        start = time.perf_counter()
-        write_rows(data, args.rows)
-        print(f"input: {args.rows:,} rows, {data.stat().st_size / 1e6:.0f} MB "
-              f"{args.input_format} (written in {time.perf_counter() - start:.1f} s)")
+        # A --workdir from an earlier run keeps its champion and its input (same --rows).
+        if not (home / "store").is_dir():
+            subprocess.run(_mlops("run"), env=env, cwd=work, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        data = work / f"input-{args.rows}.{args.input_format}"
+        if not data.exists():
+            start = time.perf_counter()
+            write_rows(data, args.rows)
+            print(f"input written in {time.perf_counter() - start:.1f} s")
+        print(f"input: {args.rows:,} rows, {data.stat().st_size / 1e6:.0f} MB {args.input_format}")
 
         output = work / f"predictions.{args.output_format}"
+        output.unlink(missing_ok=True)
         command = _mlops("score", str(data), "--output", str(output), "--id-column", "case_id")
         start = time.perf_counter()
         process = subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE,

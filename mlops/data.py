@@ -150,7 +150,7 @@ def _copy_parquet(path: Path, dest: Path, chunk_rows: int) -> tuple[int, int]:
     columns = [name for name in source.schema_arrow.names if name not in index]
     schema = pa.schema([source.schema_arrow.field(name) for name in columns])
     with pq.ParquetWriter(dest, schema) as writer:
-        for batch in source.iter_batches(batch_size=chunk_rows, columns=columns):
+        for batch in source.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False):
             writer.write_batch(batch)
     return source.metadata.num_rows, len(columns)
 

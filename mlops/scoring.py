@@ -164,14 +164,15 @@ def score_table(
 
     fmt = fmt or output_format(str(output))
     # pre_buffer=False: pyarrow otherwise keeps every row group it read buffered until the file
-    # is closed, and a 1,000,000-row table would end up in memory whole.
+    # is closed, and a 1,000,000-row table would end up in memory whole. One decoding thread:
+    # each thread holds a column chunk, and the model, not decoding, is the slow part.
     source = pq.ParquetFile(table, pre_buffer=False)
     _check_columns(source.schema_arrow.names, feature_names, id_column)
     columns = list(dict.fromkeys([*feature_names, *([id_column] if id_column else [])]))
     classes = np.asarray(model.classes_)
     rows = 0
     with _staged(output) as staged, _writer(fmt, staged) as write:
-        for batch in source.iter_batches(batch_size=chunk_rows, columns=columns):
+        for batch in source.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False):
             features = feature_matrix(batch, feature_names, first_row=rows)
             probabilities = model.predict_proba(features)
             write(_predictions(batch, rows, id_column, classes, probabilities, model_version))

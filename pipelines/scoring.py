@@ -75,8 +75,11 @@ class ScoringSummary:
     log_file: Path
 
 
-def preflight(arguments: dict[str, Any]) -> None:
+def preflight(arguments: dict[str, Any]) -> int:
     """Check the input, the output and the model version before any step runs.
+
+    Returns:
+        The version to score with (the champion's number when ``version`` is 0).
 
     Raises:
         FileNotFoundError, ValueError, StoreError: For the input (``mlops.data.check_source``)
@@ -98,6 +101,7 @@ def preflight(arguments: dict[str, Any]) -> None:
     )
     store_uri, model_name, version = split_version_uri(storage_uri)
     open_store(store_uri).read_metadata(model_name, version)  # the version exists
+    return version
 
 
 def score_locally(
@@ -124,7 +128,9 @@ def score_locally(
         "version": 0,
         **arguments,
     }
-    preflight(arguments)
+    # The champion is looked up once, here: the steps score the version this check found, even
+    # if a promote moves the alias meanwhile, and the score step need not start MLflow.
+    arguments["version"] = preflight(arguments)
     state_dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="scoring-", dir=state_dir))
     log_file = state_dir / "logs" / "last-score.log"
