@@ -141,16 +141,24 @@ def _copy_file(path: Path, dest: Path, chunk_rows: int) -> tuple[int, int]:
 
 
 def _copy_parquet(path: Path, dest: Path, chunk_rows: int) -> tuple[int, int]:
+    import shutil
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = pq.ParquetFile(path, pre_buffer=False)  # see mlops.scoring.score_table
-    # A pandas index stored as columns is dropped, as ``to_parquet(index=False)`` drops it.
+    names = source.schema_arrow.names
+    # A pandas index (stored as columns, or as a range in the metadata) is dropped, as
+    # ``to_parquet(index=False)`` drops it; a file without one is already that table.
     index = (source.schema_arrow.pandas_metadata or {}).get("index_columns", [])
-    columns = [name for name in source.schema_arrow.names if name not in index]
+    if not index:
+        shutil.copyfile(path, dest)
+        return source.metadata.num_rows, len(names)
+    columns = [name for name in names if name not in index]
     schema = pa.schema([source.schema_arrow.field(name) for name in columns])
     with pq.ParquetWriter(dest, schema) as writer:
-        for batch in source.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False):
+        batches = source.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False)
+        for batch in batches:
             writer.write_batch(batch)
     return source.metadata.num_rows, len(columns)
 

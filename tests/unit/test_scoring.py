@@ -197,7 +197,7 @@ def test_a_consistent_csv_is_copied_chunk_by_chunk_unchanged(
 def test_a_parquet_file_is_copied_without_its_pandas_index(
     features: pd.DataFrame, tmp_path: Path
 ) -> None:
-    indexed = features.set_index(pd.Index(range(1000, 1200), name="case"))
+    indexed = features.set_index(pd.Index([f"case-{i}" for i in range(200)], name="case"))
     indexed.to_parquet(tmp_path / "in.parquet")
     write_table(str(tmp_path / "in.parquet"), tmp_path / "out.parquet", chunk_rows=64)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out.parquet"), features)
@@ -273,3 +273,11 @@ def test_memory_stays_at_one_chunk_however_long_the_table(
     # pre-buffering, on by default, reads and keeps the whole file).
     held = max(recording.arrow_bytes)
     assert held < table.nbytes / 10, f"{held / 2**20:.1f} MiB held for a 2,000-row chunk"
+
+
+def test_a_parquet_file_without_an_index_is_copied_as_it_is(
+    features: pd.DataFrame, tmp_path: Path
+) -> None:
+    features.to_parquet(tmp_path / "in.parquet", index=False)
+    assert write_table(str(tmp_path / "in.parquet"), tmp_path / "out.parquet") == (200, 30)
+    assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "in.parquet").read_bytes()
