@@ -128,6 +128,10 @@ def score_locally(
         "version": 0,
         **arguments,
     }
+    if not str(arguments["output"]).startswith("s3://"):
+        # The steps may run elsewhere than here: they get an absolute path.
+        output = Path(str(arguments["output"]).removeprefix("file://"))
+        arguments["output"] = str(output.absolute())
     # The champion is looked up once, here: the steps score the version this check found, even
     # if a promote moves the alias meanwhile, and the score step need not start MLflow.
     arguments["version"] = preflight(arguments)

@@ -281,3 +281,24 @@ def test_a_parquet_file_without_an_index_is_copied_as_it_is(
     features.to_parquet(tmp_path / "in.parquet", index=False)
     assert write_table(str(tmp_path / "in.parquet"), tmp_path / "out.parquet") == (200, 30)
     assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "in.parquet").read_bytes()
+
+
+def test_a_table_with_a_header_and_no_rows_gives_predictions_with_a_header_only(
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
+) -> None:
+    features.head(0).to_csv(tmp_path / "in.csv", index=False)
+    assert write_table(str(tmp_path / "in.csv"), tmp_path / "rows.parquet") == (0, 30)
+    score_table(tmp_path / "rows.parquet", model, list(features.columns), 2,
+                tmp_path / "out.csv")
+    assert (tmp_path / "out.csv").read_text().strip() == (
+        '"row","predicted_class","probability_0","probability_1","model_version"'
+    )
+
+
+def test_mlops_compile_writes_both_pipelines(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, [
+        "compile", "-o", str(tmp_path / "t.yaml"), "--scoring-output", str(tmp_path / "s.yaml"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert "name: train-gate-deploy-sklearn" in (tmp_path / "t.yaml").read_text()
+    assert "name: batch-score-sklearn" in (tmp_path / "s.yaml").read_text()
