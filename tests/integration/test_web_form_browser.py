@@ -30,6 +30,7 @@ from tests.integration.serving_helpers import (
     free_port,
     publish,
     start_server,
+    v2_body,
 )
 
 CHROMIUM = os.environ.get("MLOPS_CHROMIUM", "/usr/bin/chromium")
@@ -213,3 +214,35 @@ def test_the_frontend_asks_for_its_token_and_keeps_it_out_of_the_url(
     other.goto(frontend + "/")
     assert other.evaluate("sessionStorage.getItem('mlops-serving-token')") is None
     context.close()
+
+
+def _in_process_frontend(served: Served, **settings: Any) -> Any:
+    from fastapi.testclient import TestClient
+
+    from serving.form import FrontendSettings, build_frontend
+
+    options = FrontendSettings(
+        upstream=served.server.url,
+        model_name=NAME,
+        store_uri=str(served.home / "store"),
+        **settings,
+    )
+    return TestClient(build_frontend(options), base_url="http://127.0.0.1")
+
+
+def test_the_frontend_forwards_infer_and_metadata_as_the_server_answers(served: Served) -> None:
+    body = v2_body(served.rows[:3], predict_proba=True)
+    direct = httpx.post(f"{served.server.url}/v2/models/{NAME}/infer", json=body)
+    with _in_process_frontend(served) as client:
+        proxied = client.post(
+            f"/v2/models/{NAME}/infer", json=body, headers={"authorization": "Bearer mine"}
+        )
+        metadata = client.get(f"/v2/models/{NAME}")
+        schema = client.get("/form/schema").json()
+    assert proxied.status_code == 200
+    assert proxied.json()["outputs"] == direct.json()["outputs"]
+    assert proxied.json()["model_version"] == "2"
+    assert proxied.headers["x-mlops-model-version"] == "2"
+    assert metadata.status_code == 200 and metadata.json()["name"] == NAME
+    assert schema["version"] == "2" and len(schema["features"]) == 30
+    assert [e["label"] for e in schema["examples"]] == [0, 1]
