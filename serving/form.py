@@ -193,7 +193,7 @@ def mount_form(app: FastAPI, schema: Callable[[], dict[str, Any]]) -> None:
         # A plain def: FastAPI runs it in its thread pool, so a store read blocks no request.
         try:
             return JSONResponse(schema())
-        except (FormUnavailable, StoreError) as err:
+        except (FormUnavailable, StoreError, ValueError) as err:
             return JSONResponse({"error": str(err)}, status_code=503)
 
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
@@ -341,14 +341,10 @@ def build_frontend(settings: FrontendSettings) -> FastAPI:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m serving.form --upstream URL``: run the frontend until interrupted."""
-    import uvicorn
-
+def parse_frontend_args(argv: list[str] | None = None) -> FrontendSettings:
+    """The frontend's settings from its command line; exits 2 with one line when they are wrong."""
     from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri
     from serving.auth import read_token
-    from serving.limits import ConnectionLimits, bounded_protocol
-    from serving.observability import configure_request_log
 
     parser = argparse.ArgumentParser(prog="python -m serving.form", description=__doc__)
     parser.add_argument("--upstream", required=True, help="the InferenceService's base URL")
@@ -362,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-unauthenticated", action="store_true")
     args = parser.parse_args(argv)
     try:
-        settings = FrontendSettings(
+        return FrontendSettings(
             upstream=args.upstream,
             model_name=args.model_name,
             store_uri=args.store_uri or default_store_uri(),
@@ -375,6 +371,16 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as err:
         parser.error(str(err))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m serving.form --upstream URL``: run the frontend until interrupted."""
+    import uvicorn
+
+    from serving.limits import ConnectionLimits, bounded_protocol
+    from serving.observability import configure_request_log
+
+    settings = parse_frontend_args(argv)
     configure_request_log()
     config = uvicorn.Config(
         build_frontend(settings),
