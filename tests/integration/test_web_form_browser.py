@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.integration.s3_server import S3Server
 from tests.integration.serving_helpers import (
     NAME,
     ServerProcess,
@@ -246,3 +247,34 @@ def test_the_frontend_forwards_infer_and_metadata_as_the_server_answers(served: 
     assert metadata.status_code == 200 and metadata.json()["name"] == NAME
     assert schema["version"] == "2" and len(schema["features"]) == 30
     assert [e["label"] for e in schema["examples"]] == [0, 1]
+
+
+def test_the_frontend_reads_the_form_of_the_newest_version_from_s3(
+    s3_server: S3Server,
+    tmp_path: Path,
+    breast_cancer: pd.DataFrame,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlops.store import open_store
+    from serving.form import FrontendSettings, build_frontend
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    store_uri = f"s3://models/form-{os.getpid()}"
+    for c in (1.0, 0.01):
+        publish(tmp_path, fit(breast_cancer, c), breast_cancer, tmp_path, open_store(store_uri))
+    settings = FrontendSettings(upstream="http://127.0.0.1:9", model_name=NAME, store_uri=store_uri)
+    with TestClient(build_frontend(settings), base_url="http://127.0.0.1") as client:
+        schema = client.get("/form/schema")
+        assert schema.status_code == 200, schema.text
+        assert schema.json()["version"] == "2"
+        assert [e["label"] for e in schema.json()["examples"]] == [0, 1]
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + s3_server.secret_key)
+        refused = client.get("/form/schema")
+    assert refused.status_code == 503
+    assert refused.json()["error"].endswith(
+        "refused access to bucket 'models': AccessDenied (Access denied); "
+        "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )
