@@ -54,6 +54,10 @@
     $("error").hidden = true;
     $("error").textContent = "";
     for (const input of document.querySelectorAll(".feature input")) input.removeAttribute("aria-invalid");
+    for (const hint of document.querySelectorAll(".feature small")) {
+      hint.textContent = hint.dataset.hint;
+      hint.classList.remove("field-error");
+    }
   }
 
   function short(value) {
@@ -83,6 +87,7 @@
       } else {
         hint.textContent = "no training range recorded";
       }
+      hint.dataset.hint = hint.textContent;
       input.setAttribute("aria-describedby", hint.id);
       cell.append(label, input, hint);
       box.append(cell);
@@ -121,6 +126,7 @@
       return;
     }
     clearError();
+    $("token-box").open = false;
     $("model-name").textContent = schema.model;
     $("schema-note").textContent =
       schema.features.length + " features; ranges and examples from the training data of model version " +
@@ -145,6 +151,10 @@
       const text = input.value.trim();
       const value = Number(text);
       if (text === "" || !Number.isFinite(value)) {
+        // Said beside the field too: the message box under the form may be out of view.
+        const hint = $("hint-" + index);
+        hint.textContent = text === "" ? "empty: enter a number" : "not a number";
+        hint.classList.add("field-error");
         input.setAttribute("aria-invalid", "true");
         input.focus();
         throw new Error(

@@ -177,11 +177,16 @@ def test_an_empty_field_is_named_and_nothing_is_sent(browser: Any, served: Serve
         "'mean area' is empty: enter a number (training range 143.5 to 2501)"
     )
     assert page.get_attribute("#feature-3", "aria-invalid") == "true"
+    assert page.inner_text("#hint-3") == "empty: enter a number"  # beside the field too
     assert page.is_hidden("#result")
     assert not [url for url in sent if url.endswith("/infer")]
     page.fill("#feature-3", "1e400")  # not a finite number
     page.click("#predict")
     assert page.inner_text("#error").startswith("'mean area' is not a number")
+    page.fill("#feature-3", "1001")
+    page.click("#predict")
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.is_hidden("#error") and page.inner_text("#hint-3") == "training range 143.5 to 2501"
     page.close()
 
 
