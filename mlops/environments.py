@@ -165,7 +165,10 @@ def load_environments(path: str | Path | None = None) -> dict[str, Environment]:
     except OSError as err:
         raise EnvironmentConfigError(f"cannot read the environments file {source}: {err}") from err
     except yaml.YAMLError as err:
-        raise EnvironmentConfigError(f"{source} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise EnvironmentConfigError(f"{source} is not valid YAML: {problem}{at}") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("environments"), dict):
         raise EnvironmentConfigError(
             f"{source}: expected a mapping 'environments:' of names to settings "

@@ -31,13 +31,15 @@ def release(
     into the destination's store as a new version (sha256 checked again there, lineage
     recorded), registers it in the destination's MLflow and deploys it there as a canary.
     """
-    from mlflow.exceptions import MlflowException
-
     from mlops.environments import environment
-    from mlops.release import release_version
 
+    # The environments first: a wrong name or file fails before MLflow is even imported.
     source_env = environment(source, environments_path)
     destination_env = environment(destination, environments_path)
+    from mlflow.exceptions import MlflowException
+
+    from mlops.release import release_version
+
     click.echo(
         f"releasing {model_name} version {version}: {source_env.name} ({source_env.store}) -> "
         f"{destination_env.name} ({destination_env.store}, {destination_env.target})"
