@@ -20,10 +20,11 @@ from click.testing import CliRunner
 
 from mlops import registry, signing
 from mlops.cli import main
-from mlops.store import LocalStore, sha256_file
+from mlops.store import LocalStore, fetch_checked, sha256_file
 from mlops.training import fit_classifier
 from pipelines.local import run_locally
 from serving import local_controller
+from tests.integration.s3_server import S3Server
 
 MODEL = "breast-cancer"
 PROD_KEY = "prod-signing-key-" + "fedcba9876543210" * 2
@@ -210,3 +211,41 @@ def test_dev_and_prod_sharing_a_store_is_refused(tmp_path: Path, mlops_home: Pat
     assert result.exit_code == 1
     assert "dev and prod share the store" in result.output
     assert not (tmp_path / "shared").exists()
+
+
+def test_release_to_an_s3_prod_uses_that_environments_own_endpoint_and_credentials(
+    released: dict, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = released["home"]
+    config = tmp_path / "environments.yaml"
+    config.write_text(
+        "environments:\n"
+        f"  dev: {{store: '{home / 'store'}', tracking_uri: 'sqlite:///{home / 'mlflow.db'}',"
+        f" state_dir: '{home}'}}\n"
+        "  prod:\n"
+        "    store: s3://models/released\n"
+        f"    s3_endpoint: {s3_server.endpoint}\n"
+        "    s3_credentials_prefix: PROD_\n"
+        f"    tracking_uri: 'sqlite:///{tmp_path / 'prod.db'}'\n"
+        f"    state_dir: '{tmp_path / 'prod'}'\n"
+        "    signing_key_env: MLOPS_PROD_SIGNING_KEY\n"
+    )
+    monkeypatch.setenv("MLOPS_PROD_SIGNING_KEY", PROD_KEY)
+    monkeypatch.setenv("PROD_AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("PROD_AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    # The plain variables are another environment's: they must not be what prod uses.
+    monkeypatch.setenv("MLOPS_S3_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone-else")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "someone-elses-secret")
+    result = CliRunner().invoke(main, ["release", "1", "--environments", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "prod version 1 at s3://models/released/breast-cancer/1/" in result.output
+    from mlops.environments import environment
+
+    prod = environment("prod", config)
+    _, copy = fetch_checked(prod.open_store(), MODEL, 1, tmp_path / "copy", PROD_KEY.encode())
+    assert sha256_file(tmp_path / "copy" / "model.joblib") == sha256_file(
+        home / "store" / MODEL / "1" / "model.joblib")
+    assert copy["lineage"]["source_version"] == 1
+    assert _split(local_controller.read_state(MODEL, tmp_path / "prod")) == {"1": 100}
