@@ -249,3 +249,22 @@ def test_release_to_an_s3_prod_uses_that_environments_own_endpoint_and_credentia
         home / "store" / MODEL / "1" / "model.joblib")
     assert copy["lineage"]["source_version"] == 1
     assert _split(local_controller.read_state(MODEL, tmp_path / "prod")) == {"1": 100}
+
+
+def test_mlops_serve_of_prod_loads_both_released_versions_under_prods_key(
+    released: dict, breast_cancer: Any
+) -> None:
+    import httpx
+
+    from tests.integration.serving_helpers import start_server, v2_body
+
+    rows = breast_cancer.drop(columns=["target"]).to_numpy(dtype=float)[:3]
+    server = start_server(released["prod"], env={"MLOPS_SIGNING_KEY": PROD_KEY})
+    try:
+        for version in ("1", "2"):
+            url = f"{server.url}/v2/models/{MODEL}/versions/{version}/infer"
+            answer = httpx.post(url, json=v2_body(rows), timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert len(answer.json()["outputs"][0]["data"]) == 3
+    finally:
+        server.stop()
