@@ -7,6 +7,7 @@ import sys
 import click
 
 from mlops.cli import deployments, pipeline, serving
+from mlops.cli import release as release_command
 
 
 class _Group(click.Group):
@@ -32,5 +33,6 @@ def main() -> None:
 
 for _command in (*pipeline.COMMANDS, *deployments.COMMANDS, *serving.COMMANDS):
     main.add_command(_command)
+main.add_command(release_command.release)
 
 __all__ = ["main"]
