@@ -10,7 +10,12 @@ KSERVE_VERSION ?= v0.20.0
 STORAGE_VENV := $(VENV)/kserve-storage-$(KSERVE_VERSION)
 STORAGE_STAMP := $(STORAGE_VENV)/.installed
 
-.PHONY: setup run serve test lint compile lock clean
+# The web form's browser test (tests/integration/test_web_form_browser.py) drives a headless
+# Chromium: Debian's `chromium`, else a Chrome already on PATH (GitHub's runners have one).
+CHROMIUM ?= $(or $(shell command -v chromium 2>/dev/null),$(shell command -v google-chrome 2>/dev/null),/usr/bin/chromium)
+BROWSER_STAMP := $(VENV)/.browser
+
+.PHONY: setup run serve test lint compile lock clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing the project (pinned by constraints.txt)"
@@ -33,9 +38,26 @@ $(STORAGE_STAMP):
 	@$(STORAGE_VENV)/bin/python -m pip install -q "kserve-storage==$(KSERVE_VERSION:v%=%)"
 	@touch $(STORAGE_STAMP)
 
+# Installs chromium with apt-get when it is missing and we are root; otherwise says the command.
+$(BROWSER_STAMP): | $(STAMP)
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "==> installing chromium (apt-get) for the web form's browser test"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "error: the web form's browser test needs chromium, and $(CHROMIUM) is missing:" \
+				"install it with 'sudo apt-get install -y chromium' (or pass CHROMIUM=/path/to/chrome)" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@touch $@
+
+browser: $(BROWSER_STAMP) ## install chromium for the web form's browser test (apt-get, as root)
+
 # -m "not e2e": `make test` never talks to a cluster, even when the kube-context reaches one.
-test: $(STAMP) $(STORAGE_STAMP) ## unit, local integration, offline cluster checks and the two cluster replays (no e2e)
-	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python $(BIN)/pytest -m "not e2e" $(ARGS)
+test: $(STAMP) $(STORAGE_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the two cluster replays (no e2e)
+	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) \
+		$(BIN)/pytest -m "not e2e" $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .

@@ -106,9 +106,17 @@ def _artifact_location(tracking_uri: str) -> str | None:
 
 
 def register_version(
-    tracking_uri: str, model_name: str, run_id: str, store_version: int, storage_uri: str
+    tracking_uri: str,
+    model_name: str,
+    run_id: str,
+    store_version: int,
+    storage_uri: str,
+    tags: dict[str, str] | None = None,
 ) -> str:
-    """Register the run's model as a new version of ``model_name``; return the MLflow version."""
+    """Register the run's model as a new version of ``model_name``; return the MLflow version.
+
+    ``tags`` are added to the version's own (a release's lineage, ``mlops.release``).
+    """
     client = _client(tracking_uri)
     from mlflow.exceptions import MlflowException
 
@@ -122,7 +130,11 @@ def register_version(
         model_name,
         source=f"runs:/{run_id}/model",
         run_id=run_id,
-        tags={_STORE_VERSION_TAG: str(store_version), _STORAGE_URI_TAG: storage_uri},
+        tags={
+            **(tags or {}),
+            _STORE_VERSION_TAG: str(store_version),
+            _STORAGE_URI_TAG: storage_uri,
+        },
     )
     return str(version.version)
 
@@ -197,3 +209,20 @@ def version_of_run(tracking_uri: str, model_name: str, run_id: str) -> tuple[int
         return None
     tags = found[0].tags
     return int(tags[_STORE_VERSION_TAG]), str(tags[_STORAGE_URI_TAG])
+
+
+def run_tags(tracking_uri: str, run_id: str) -> dict[str, str] | None:
+    """The tags of run ``run_id`` (``deploy`` and ``reason``: its gate); ``None``: no such run.
+
+    Raises:
+        MlflowException: When MLflow cannot be read (never "no such run").
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = _client(tracking_uri).get_run(run_id)
+    except MlflowException as err:
+        if _is_missing(err):
+            return None
+        raise
+    return dict(run.data.tags)

@@ -150,10 +150,16 @@ class S3Store:
             f"{self.uri}/{model_name}",
         )
 
-    def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102
+    def publish(  # noqa: D102
+        self,
+        model_name: str,
+        model_file: Path,
+        metadata: dict[str, Any],
+        signing_key: bytes | None = None,
+    ) -> int:
         check_model_file(model_file)
         metadata_bytes(metadata)  # fails before anything is written
-        key = signing_key_for_publish()
+        key = signing_key or signing_key_for_publish()
         # Single PUTs (S3 allows 5 GB): a conditional create cannot go through minio-py's
         # multipart upload, whose completion takes no extra headers.
         model_bytes = model_file.read_bytes()

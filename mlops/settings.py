@@ -63,13 +63,23 @@ class S3Settings:
     region: str | None
 
     @classmethod
-    def from_env(cls) -> S3Settings:
+    def from_env(cls, endpoint: str | None = None, credentials_prefix: str = "") -> S3Settings:
         """Read ``MLOPS_S3_ENDPOINT``/``AWS_*`` variables and check they are complete.
+
+        Args:
+            endpoint: The endpoint, instead of ``MLOPS_S3_ENDPOINT`` (a named environment's).
+            credentials_prefix: Read the keys from ``<prefix>AWS_ACCESS_KEY_ID`` and
+                ``<prefix>AWS_SECRET_ACCESS_KEY`` (a named environment's own credentials).
 
         Raises:
             ValueError: When the endpoint is missing or only one of the two keys is set.
         """
-        raw = os.environ.get("MLOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or ""
+        raw = (
+            endpoint
+            or os.environ.get("MLOPS_S3_ENDPOINT")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or ""
+        )
         if not raw:
             raise ValueError(
                 "MLOPS_S3_ENDPOINT is not set: set it to the S3 endpoint, "
@@ -77,12 +87,12 @@ class S3Settings:
             )
         secure = raw.startswith("https://") or os.environ.get("MLOPS_S3_SECURE", "") == "1"
         endpoint = raw.removeprefix("https://").removeprefix("http://").rstrip("/")
-        access_key = os.environ.get("AWS_ACCESS_KEY_ID")
-        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        access_key = os.environ.get(f"{credentials_prefix}AWS_ACCESS_KEY_ID")
+        secret_key = os.environ.get(f"{credentials_prefix}AWS_SECRET_ACCESS_KEY")
         if bool(access_key) != bool(secret_key):
             raise ValueError(
-                "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither "
-                "(anonymous access)"
+                f"set both {credentials_prefix}AWS_ACCESS_KEY_ID and "
+                f"{credentials_prefix}AWS_SECRET_ACCESS_KEY, or neither (anonymous access)"
             )
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         return cls(endpoint, access_key, secret_key, secure, region)

@@ -36,11 +36,13 @@ class SignatureError(RuntimeError):
     """No usable key, or a version whose signature is missing or wrong; the message says why."""
 
 
-def signing_key(create: bool = False) -> bytes:
+def signing_key(create: bool = False, *, env: str = KEY_ENV, key_file: Path | None = None) -> bytes:
     """The signing key: ``MLOPS_SIGNING_KEY``, else the state directory's ``signing.key``.
 
     Args:
         create: Create the key file (mode 0600) when neither exists, as a first publish does.
+        env: The variable holding the key (a named environment has its own, ``mlops.environments``).
+        key_file: The key file when ``env`` is unset (default: the state directory's).
 
     Returns:
         The key bytes.
@@ -50,21 +52,21 @@ def signing_key(create: bool = False) -> bytes:
             32 characters, the key file is readable or writable by others, or a key file would
             be created inside a Kubernetes pod (it would vanish with the pod).
     """
-    from_env = os.environ.get(KEY_ENV, "").strip()
+    from_env = os.environ.get(env, "").strip()
     if from_env:
-        return _checked(from_env, KEY_ENV)
-    path = signing_key_file()
+        return _checked(from_env, env)
+    path = key_file or signing_key_file()
     if not path.exists():
         if not create:
             raise SignatureError(
-                f"no signing key: {KEY_ENV} is not set and {path} does not exist; set "
-                f"{KEY_ENV} to the key that signed the store's versions (or publish a version "
+                f"no signing key: {env} is not set and {path} does not exist; set "
+                f"{env} to the key that signed the store's versions (or publish a version "
                 "on this machine first)"
             )
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             raise SignatureError(
-                f"{KEY_ENV} is not set: in a cluster set it from the pipeline's Secret (key "
-                f"{KEY_ENV}); a key file made inside a pod would vanish with the pod"
+                f"{env} is not set: in a cluster set it from the pipeline's Secret (key "
+                f"{env}); a key file made inside a pod would vanish with the pod"
             )
         _create_key_file(path)
     return _read_key_file(path)

@@ -56,8 +56,17 @@ class ModelStore(Protocol):
         """Complete versions of a model, oldest first."""
         ...
 
-    def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:
-        """Write a new version and return its number; never overwrites one."""
+    def publish(
+        self,
+        model_name: str,
+        model_file: Path,
+        metadata: dict[str, Any],
+        signing_key: bytes | None = None,
+    ) -> int:
+        """Write a new version and return its number; never overwrites one.
+
+        ``signing_key`` signs it (default: this machine's key, ``mlops.signing``).
+        """
         ...
 
     def read_metadata(self, model_name: str, version: int) -> dict[str, Any]:
@@ -73,8 +82,10 @@ class ModelStore(Protocol):
         ...
 
 
-def open_store(uri: str) -> ModelStore:
+def open_store(uri: str, s3_settings: S3Settings | None = None) -> ModelStore:
     """Open the store at ``uri``: ``s3://bucket[/prefix]``, ``file:///path`` or a plain path.
+
+    ``s3_settings`` reach an S3 store (default: ``S3Settings.from_env()``).
 
     Raises:
         StoreError: When an S3 store is configured but unreachable or refuses the credentials.
@@ -85,7 +96,8 @@ def open_store(uri: str) -> ModelStore:
             raise StoreError(f"store URI {uri!r} has no bucket: expected s3://<bucket>[/prefix]")
         from mlops.s3_store import S3Store
 
-        return S3Store(parsed.netloc, parsed.path.strip("/"), S3Settings.from_env())
+        settings = s3_settings or S3Settings.from_env()
+        return S3Store(parsed.netloc, parsed.path.strip("/"), settings)
     return LocalStore(Path(uri.removeprefix("file://")))
 
 
@@ -195,11 +207,25 @@ def fetch_version(storage_uri: str, dest: Path) -> tuple[Path, dict[str, Any]]:
     """
     store_uri, model_name, version = split_version_uri(storage_uri)
     store = open_store(store_uri)
-    where = store.version_uri(model_name, version)
     try:
         key = signing.signing_key()
     except signing.SignatureError as err:
+        where = store.version_uri(model_name, version)
         raise StoreError(f"cannot check {where}: {err}") from err
+    return fetch_checked(store, model_name, version, dest, key)
+
+
+def fetch_checked(
+    store: ModelStore, model_name: str, version: int, dest: Path, key: bytes
+) -> tuple[Path, dict[str, Any]]:
+    """Download a version of ``store`` and check its signature under ``key``, then its sha256.
+
+    ``fetch_version`` with a given store and key, as a release between two stores needs.
+
+    Raises:
+        StoreError: As ``fetch_version``.
+    """
+    where = store.version_uri(model_name, version)
     store.download(model_name, version, dest)
     metadata = parse_metadata((dest / METADATA_FILE).read_bytes(), f"{where}{METADATA_FILE}")
     try:
@@ -267,10 +293,16 @@ class LocalStore:
 
         return claim_next_version(lambda: self._taken_versions(base), make_directory, str(base))
 
-    def publish(self, model_name: str, model_file: Path, metadata: dict[str, Any]) -> int:  # noqa: D102
+    def publish(  # noqa: D102
+        self,
+        model_name: str,
+        model_file: Path,
+        metadata: dict[str, Any],
+        signing_key: bytes | None = None,
+    ) -> int:
         check_model_file(model_file)
         metadata_bytes(metadata)  # fails before anything is written
-        key = signing_key_for_publish()
+        key = signing_key or signing_key_for_publish()
         base = self._model_dir(model_name)
         try:
             base.mkdir(parents=True, exist_ok=True)

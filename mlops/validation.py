@@ -90,8 +90,11 @@ def reference_statistics(frame: pd.DataFrame, label_column: str) -> dict[str, An
     """Per-feature statistics of the training data, the reference that drift is measured against.
 
     Returns:
-        ``{"features": {name: {mean, std, min, max, bin_edges, bin_fractions}}, "rows": n}``;
-        ``bin_edges`` are the inner quantile edges, ``bin_fractions`` the share of rows per bin.
+        ``{"features": {name: {mean, std, min, max, bin_edges, bin_fractions}}, "rows": n,
+        "classes": [...], "examples": [{"features": {name: value}, "label": y}, ...]}``;
+        ``bin_edges`` are the inner quantile edges, ``bin_fractions`` the share of rows per bin;
+        ``classes`` the sorted labels (scikit-learn's ``classes_`` order); ``examples`` the
+        first row of each class, real rows the web form offers as "fill with an example".
     """
     stats: dict[str, Any] = {}
     for column in (c for c in frame.columns if c != label_column):
@@ -106,4 +109,9 @@ def reference_statistics(frame: pd.DataFrame, label_column: str) -> dict[str, An
             "bin_edges": edges.tolist(),
             "bin_fractions": (counts / len(values)).tolist(),
         }
-    return {"features": stats, "rows": len(frame)}
+    classes = np.unique(frame[label_column].to_numpy()).tolist()
+    examples = []
+    for label in classes:
+        row = frame[frame[label_column] == label].iloc[0].drop(label_column)
+        examples.append({"features": {c: float(v) for c, v in row.items()}, "label": label})
+    return {"features": stats, "rows": len(frame), "classes": classes, "examples": examples}

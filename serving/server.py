@@ -37,6 +37,7 @@ from starlette.requests import ClientDisconnect
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
+from serving.form import mount_form, router_schema
 from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_limit
 from serving.observability import ObservabilityMiddleware, configure_request_log
 from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
@@ -240,6 +241,7 @@ def install(
         include_in_schema=False,
     )
     app.include_router(V2Routes(router, dataplane).api_router())
+    mount_form(app, lambda: router_schema(router))
     # The last added runs first: requests are logged and counted, then authenticated.
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,3 +82,13 @@ def test_reference_statistics_describe_every_feature(breast_cancer: pd.DataFrame
     assert radius["mean"] == pytest.approx(breast_cancer["mean radius"].mean())
     assert sum(radius["bin_fractions"]) == pytest.approx(1.0)
     assert len(radius["bin_fractions"]) == len(radius["bin_edges"]) + 1
+
+
+def test_reference_statistics_keep_one_real_row_per_class(breast_cancer: pd.DataFrame) -> None:
+    stats = reference_statistics(breast_cancer, "target")
+    assert stats["classes"] == [0, 1]
+    assert [example["label"] for example in stats["examples"]] == [0, 1]
+    for example in stats["examples"]:
+        first = breast_cancer[breast_cancer["target"] == example["label"]].iloc[0]
+        assert example["features"] == first.drop("target").astype(float).to_dict()
+    json.dumps(stats)  # it goes into metadata.json as it is

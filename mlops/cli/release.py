@@ -1,0 +1,60 @@
+"""``mlops release VERSION --from dev --to prod``: copy a gated version to another environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mlops.settings import DEFAULT_MODEL_NAME
+
+
+@click.command()
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--from", "source", default="dev", show_default=True, help="Source environment.")
+@click.option("--to", "destination", default="prod", show_default=True, help="Destination.")
+@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@click.option(
+    "--environments",
+    "environments_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The environments file [default: MLOPS_ENVIRONMENTS, else ./environments.yaml, else "
+    "the local default: dev = .mlops/, prod = .mlops/prod/].",
+)
+def release(
+    version: int, source: str, destination: str, model_name: str, environments_path: Path | None
+) -> None:
+    """Release VERSION of the model from one environment to another, as a new version there.
+
+    Checks the version's signature and sha256 and that it passed the source's gate, copies it
+    into the destination's store as a new version (sha256 checked again there, lineage
+    recorded), registers it in the destination's MLflow and deploys it there as a canary.
+    """
+    from mlops.environments import environment
+
+    # The environments first: a wrong name or file fails before MLflow is even imported.
+    source_env = environment(source, environments_path)
+    destination_env = environment(destination, environments_path)
+    from mlflow.exceptions import MlflowException
+
+    from mlops.release import release_version
+
+    click.echo(
+        f"releasing {model_name} version {version}: {source_env.name} ({source_env.store}) -> "
+        f"{destination_env.name} ({destination_env.store}, {destination_env.target})"
+    )
+    try:
+        done = release_version(model_name, version, source_env, destination_env)
+    except MlflowException as err:
+        # MLflow's errors are not ValueErrors: one line, not a traceback.
+        raise click.ClickException(f"MLflow refused or is unreachable: {err.message}") from err
+    click.echo(f"gate:       {done.lineage['source_gate_reason']}")
+    click.echo(f"sha256:     {done.sha256} (checked in {done.source} and {done.destination})")
+    click.echo(f"version:    {done.destination} version {done.version} at {done.storage_uri}")
+    click.echo(f"registered: MLflow version {done.mlflow_version} ({destination_env.tracking_uri})")
+    canary = f", canary: version {done.canary}" if done.canary else ""
+    click.echo(f"serving:    champion: version {done.stable}{canary}")
+
+
+COMMANDS = [release]
