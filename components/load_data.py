@@ -1,4 +1,4 @@
-"""Step 1 (KFP shell): load the training table; the work is in ``mlops.data``."""
+"""Step 1 (KFP shell): load a table to train on or to score; the work is in ``mlops.data``."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -8,14 +8,13 @@ from components._image import COMPONENT_OPTIONS
 
 @dsl.component(**COMPONENT_OPTIONS)
 def load_data(source: str, dataset: Output[Dataset]) -> None:
-    """Load the training table and write it as Parquet.
+    """Load the table and write it as Parquet, a chunk at a time (any size, bounded memory).
 
     Args:
         source: ``sklearn:breast_cancer``, a path, or an ``s3://`` URI (CSV or Parquet).
         dataset: The loaded table.
     """
-    from mlops.data import load_table
+    from mlops.data import write_table
 
-    frame = load_table(source)
-    frame.to_parquet(dataset.path, index=False)
-    dataset.metadata.update({"source": source, "rows": len(frame), "columns": len(frame.columns)})
+    rows, columns = write_table(source, dataset.path)
+    dataset.metadata.update({"source": source, "rows": rows, "columns": columns})

@@ -247,3 +247,37 @@ class S3Store:
         except S3Error as err:
             where = f"s3://{self.bucket}/{key}"
             raise StoreError(f"cannot read {where}: {err.code} ({err.message})") from err
+
+    def object_exists(self, key: str) -> bool:
+        """Whether an object exists.
+
+        Raises:
+            StoreError: When the bucket cannot be read.
+        """
+        from minio.error import S3Error
+
+        try:
+            self._client.stat_object(self.bucket, key)
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {err.code}") from err
+        return True
+
+    def create_object_from_file(self, key: str, path: Path) -> None:
+        """Upload a file as a new object, streamed; refuse a key that exists.
+
+        The file is streamed (multipart when large), which takes no ``If-None-Match``; the
+        existence check before it leaves a race only between two writers of the same new key.
+
+        Raises:
+            FileExistsError: When the object exists.
+            StoreError: When it cannot be written.
+        """
+        where = f"s3://{self.bucket}/{key}"
+        if self.object_exists(key):
+            raise FileExistsError(f"{where} exists: it is never overwritten; choose another key")
+        try:
+            self._client.fput_object(self.bucket, key, str(path))
+        except Exception as err:  # S3Error, or urllib3's errors for a dead endpoint
+            raise StoreError(f"could not write {where}: {err}") from err

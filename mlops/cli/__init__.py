@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mlops.cli import deployments, pipeline, serving
+from mlops.cli import deployments, pipeline, scoring, serving
 from mlops.cli import release as release_command
 
 
@@ -34,5 +34,6 @@ def main() -> None:
 for _command in (*pipeline.COMMANDS, *deployments.COMMANDS, *serving.COMMANDS):
     main.add_command(_command)
 main.add_command(release_command.release)
+main.add_command(scoring.score)
 
 __all__ = ["main"]

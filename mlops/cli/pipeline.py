@@ -10,6 +10,7 @@ import click
 
 from mlops.settings import DEFAULT_MODEL_NAME, state_dir
 from pipelines.compile import COMPILED as COMPILED_PIPELINE
+from pipelines.compile import COMPILED_SCORING
 
 
 def _hyperparameters(_ctx: click.Context, _param: click.Parameter, value: str) -> dict[str, Any]:
@@ -124,12 +125,18 @@ def run(verbose: bool, **arguments: Any) -> None:
     default=COMPILED_PIPELINE,
     show_default=True,
 )
-def compile_pipeline(output: Path) -> None:
-    """Compile the pipeline to KFP IR YAML (the file committed under pipelines/compiled/)."""
-    from pipelines.compile import compile_to
+@click.option(
+    "--scoring-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=COMPILED_SCORING,
+    show_default=True,
+)
+def compile_pipeline(output: Path, scoring_output: Path) -> None:
+    """Compile both pipelines to KFP IR YAML (the files committed under pipelines/compiled/)."""
+    from pipelines.compile import compile_scoring_to, compile_to
 
-    compile_to(output)
-    click.echo(f"wrote {output}")
+    for path in (compile_to(output), compile_scoring_to(scoring_output)):
+        click.echo(f"wrote {path}")
 
 
 @click.command()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.compile import COMPILED, compile_to
+from pipelines.compile import COMPILED, COMPILED_SCORING, compile_scoring_to, compile_to
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,41 @@ def test_every_step_runs_the_project_image_without_installing(fresh: dict) -> No
 
 def test_compiled_path_is_under_pipelines() -> None:
     assert COMPILED == Path(__file__).parents[2] / "pipelines/compiled/training_pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def fresh_scoring(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    path = compile_scoring_to(tmp_path_factory.mktemp("ir") / "scoring.yaml")
+    documents = list(yaml.safe_load_all(path.read_text()))
+    return {"text": path.read_text(), "spec": documents[0], "platform": documents[1:]}
+
+
+def test_committed_scoring_yaml_is_not_stale(fresh_scoring: dict) -> None:
+    committed = list(yaml.safe_load_all(COMPILED_SCORING.read_text()))
+    assert committed == [fresh_scoring["spec"], *fresh_scoring["platform"]], (
+        "stale: run `mlops compile` and commit pipelines/compiled/scoring_pipeline.yaml"
+    )
+    assert COMPILED_SCORING == COMPILED.parent / "scoring_pipeline.yaml"
+
+
+def test_scoring_loads_with_the_training_pipelines_own_load_step(
+    fresh: dict, fresh_scoring: dict
+) -> None:
+    tasks = fresh_scoring["spec"]["root"]["dag"]["tasks"]
+    assert set(tasks) == {"load-data", "score", "write-predictions"}
+    assert tasks["score"]["dependentTasks"] == ["load-data"]
+    assert tasks["write-predictions"]["dependentTasks"] == ["score"]
+    executors = [f["spec"]["deploymentSpec"]["executors"]["exec-load-data"]
+                 for f in (fresh, fresh_scoring)]
+    assert executors[0] == executors[1]
+    for task in tasks.values():
+        assert task["cachingOptions"].get("enableCache") is not True
+        assert "retryPolicy" not in task
+
+
+def test_every_scoring_step_runs_the_project_image_with_the_s3_secret(fresh_scoring: dict) -> None:
+    executors = fresh_scoring["spec"]["deploymentSpec"]["executors"].values()
+    assert {e["container"]["image"] for e in executors} == {"localhost/kfp-kserve-sklearn:0.1.0"}
+    assert "pip install" not in fresh_scoring["text"]
+    platform = fresh_scoring["platform"][0]["platforms"]["kubernetes"]["deploymentSpec"]
+    assert set(platform["executors"]) == set(fresh_scoring["spec"]["deploymentSpec"]["executors"])
