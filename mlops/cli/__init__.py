@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from mlops.cli import deployments, pipeline, serving
+from mlops.cli import deployments, pipeline, rollout, serving
 
 
 class _Group(click.Group):
@@ -30,7 +30,12 @@ def main() -> None:
     """Train, gate, store and serve a scikit-learn model with Kubeflow Pipelines and KServe."""
 
 
-for _command in (*pipeline.COMMANDS, *deployments.COMMANDS, *serving.COMMANDS):
+for _command in (
+    *pipeline.COMMANDS,
+    *deployments.COMMANDS,
+    *serving.COMMANDS,
+    *rollout.COMMANDS,
+):
     main.add_command(_command)
 
 __all__ = ["main"]
