@@ -76,6 +76,13 @@ def _threshold_options(func: Any) -> Any:
             help="Largest per-feature PSI of canary inputs vs its training data.",
         ),
         click.option(
+            "--min-drift-rows",
+            type=click.IntRange(1),
+            default=_DEFAULTS.min_drift_rows,
+            show_default=True,
+            help="Canary rows a window needs before input drift is judged.",
+        ),
+        click.option(
             "--min-shadow-agreement",
             type=click.FloatRange(0, 1),
             default=_DEFAULTS.min_shadow_agreement,
