@@ -343,7 +343,7 @@ class LocalTarget:
         state_dir: Path,
         metrics: Callable[[], str],
         tracking_uri: str | None,
-        settle_s: float = 1.0,
+        settle_s: float = 10.0,
     ) -> None:
         """Drive ``name`` under ``state_dir``.
 
@@ -352,13 +352,15 @@ class LocalTarget:
             state_dir: The local state directory.
             metrics: Returns the server's ``/metrics`` text.
             tracking_uri: MLflow, for the aliases after promote/rollback (``None``: skip).
-            settle_s: Wait after a share change: the server polls the state file (0.5 s).
+            settle_s: How long the server may take to route by a new share (it polls the
+                state file every 0.5 s by default).
         """
         self.name = name
         self.state_dir = state_dir
         self._metrics = metrics
         self.tracking_uri = tracking_uri
         self.settle_s = settle_s
+        self._canary = ""
 
     def _isvc(self) -> dict[str, Any]:
         from serving import local_controller
@@ -369,7 +371,10 @@ class LocalTarget:
         from serving import local_controller
 
         state = local_controller.read_state(self.name, self.state_dir)
-        return canary_pair(state["inferenceService"], state["revisions"])
+        pair = canary_pair(state["inferenceService"], state["revisions"])
+        # At 100% the stable revision leaves the traffic status: remember who the canary is.
+        self._canary = pair.canary
+        return pair
 
     def reference(self, pair: CanaryPair) -> dict[str, list[float]]:  # noqa: D102
         from mlops.store import open_store, split_version_uri
@@ -390,8 +395,17 @@ class LocalTarget:
         from serving import local_controller
 
         # No alias moves here: champion stays on the stable revision until the promote.
+        canary = self._canary or self.pair().canary
         local_controller.set_canary_percent(self.name, percent, self.state_dir)
-        time.sleep(self.settle_s)
+        # The server polls the state file: the window starts once it routes by the new share.
+        deadline = time.monotonic() + self.settle_s
+        while served_percent(self._metrics(), self.name, canary) != percent:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server did not route {percent}% to {canary} within {self.settle_s:g} s "
+                    "of the change: is `mlops serve` following this state directory?"
+                )
+            time.sleep(0.1)
 
     def promote(self) -> None:  # noqa: D102
         self._final(None)
@@ -412,6 +426,19 @@ class LocalTarget:
         local_controller.annotate(
             self.name, OUTCOME_ANNOTATION, json.dumps(outcome, sort_keys=True), self.state_dir
         )
+
+
+def served_percent(metrics_text: str, model: str, revision: str) -> int | None:
+    """The share the server routes to ``revision`` (``mlops_revision_traffic_percent``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "mlops_revision_traffic_percent":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.labels.get("revision") == revision:
+                return int(sample.value)
+    return None
 
 
 def canary_pair(isvc: dict[str, Any], revisions: dict[str, Any] | None = None) -> CanaryPair:

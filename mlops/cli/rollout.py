@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,51 @@ def rollout_options(func: Any) -> Any:
     )(func)
 
 
+def default_options() -> dict[str, Any]:
+    """The options of ``mlops rollout`` at their defaults (``mlops run --rollout auto``)."""
+    from dataclasses import asdict
+
+    thresholds = asdict(_DEFAULTS)
+    thresholds.pop("min_shadow_requests")
+    thresholds.pop("smoothing")
+    return {"steps": "10,25,50,100", "interval": 30.0, **thresholds}
+
+
+def check_server(name: str) -> None:
+    """Refuse (before anything runs) when a model is deployed but no server answers for it.
+
+    Raises:
+        click.ClickException: Naming the URL and how to start the server.
+    """
+    import httpx
+
+    from mlops.cli.serving import _server_url
+    from serving import local_controller
+
+    try:
+        local_controller.read_state(name, state_dir())
+    except local_controller.NotDeployedError:
+        return  # a first deploy takes all traffic: nothing to roll out
+    url = _server_url(None, name)
+    try:
+        httpx.get(f"{url}/v2/health/live", timeout=5).raise_for_status()
+    except httpx.HTTPError as err:
+        raise click.ClickException(
+            f"--rollout auto judges the canary on live traffic, but no server answers at {url} "
+            f"({type(err).__name__}): start `mlops serve` (and traffic) first, or use "
+            "--rollout manual"
+        ) from err
+
+
+def _warm_registry(tracking_uri: str, name: str) -> None:
+    from mlops import registry
+
+    try:
+        registry.version_of_alias(tracking_uri, name, registry.CHAMPION)
+    except Exception:  # only a warm-up: the real call reports any problem
+        pass
+
+
 def execute_rollout(name: str, url: str | None, token_file: Path | None, **options: Any) -> None:
     """Run the rollout of ``name`` on the local server; exits 0 promoted, 3 rolled back."""
     from mlops.cli.serving import _server_url, _token
@@ -142,6 +188,9 @@ def execute_rollout(name: str, url: str | None, token_file: Path | None, **optio
             log.write(json.dumps(record.as_json(), separators=(",", ":")) + "\n")
 
     pair = target.pair()
+    # MLflow takes seconds to import and open its store: do it while the first window runs, so
+    # the promote or rollback (which moves the aliases) is not seconds late.
+    threading.Thread(target=_warm_registry, args=(tracking_uri, name), daemon=True).start()
     click.echo(
         f"rollout of {name}: canary version {pair.canary_version} ({pair.canary}) against "
         f"stable version {pair.stable_version} ({pair.stable}); steps {list(steps)}, "

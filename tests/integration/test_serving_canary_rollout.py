@@ -29,6 +29,7 @@ from tests.integration.serving_helpers import (
     NAME,
     deploy,
     fit,
+    free_port,
     mlops,
     publish,
     start_server,
@@ -49,13 +50,15 @@ class Setup:
         self._logged = tmp / "logged.joblib"
         joblib.dump(fit(frame, 1.0), self._logged)
 
-    def add_version(self, model: object, canary: int | None = 10) -> str:
+    def add_version(self, model: object, canary: int | None = 10, deployed: bool = True) -> str:
         """Publish, register and deploy ``model`` (a canary when one serves); its version."""
         version, uri = publish(self.home, model, self.frame, self.tmp)  # type: ignore[arg-type]
         run_id = registry.log_training_run(
             self.tracking_uri, NAME, {}, {"f1": 0.9}, self._logged, {}
         )
         registry.register_version(self.tracking_uri, NAME, run_id, version, uri)
+        if not deployed:
+            return str(version)
         applied = deploy(self.home, version, uri, canary=canary)
         sync_aliases(self.tracking_uri, applied, "local", self.home)
         return str(version)
@@ -151,7 +154,7 @@ def test_degraded_canary_is_rolled_back_at_the_first_step_with_no_failed_request
     with Load(setup.url, setup.rows) as load:
         code, out = setup.rollout("--steps", "10,50,100", *FAST)
         ended = time.monotonic()
-        time.sleep(1.0)
+        time.sleep(0.6)
     assert code == 3, out
     step_lines = [line for line in out.splitlines() if line.startswith("step")]
     assert len(step_lines) == 1 and step_lines[0].rstrip().endswith("rollback"), out
@@ -169,7 +172,7 @@ def test_erroring_canary_is_rolled_back_naming_the_error_rate(setup: Setup) -> N
     with Load(setup.url, setup.rows) as load:
         code, out = setup.rollout("--steps", "10,100", *FAST)
         ended = time.monotonic()
-        time.sleep(1.0)
+        time.sleep(0.6)
     assert code == 3, out
     assert "error_rate" in _last_step(setup.home)["failing"], out
     assert load.failed() > 0  # the canary's own answers, while it took traffic
@@ -203,14 +206,35 @@ def test_canary_without_traffic_is_held_then_rolled_back(setup: Setup) -> None:
     assert setup.traffic()[canary] == 0 and setup.champion() == stable
 
 
+def test_run_with_rollout_auto_refuses_before_training_when_no_server_answers(
+    setup: Setup, tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    versions = sorted((setup.home / "store" / NAME).iterdir())
+    done = mlops(setup.home, "run", "--rollout", "auto", MLOPS_SERVING_URL=dead)
+    assert done.returncode == 1
+    assert f"no server answers at {dead}" in done.stderr and "Traceback" not in done.stderr
+    assert sorted((setup.home / "store" / NAME).iterdir()) == versions
+
+
+def test_deploy_refuses_a_version_that_is_not_in_the_store(setup: Setup) -> None:
+    before = setup.traffic()
+    done = mlops(setup.home, "deploy", "99")
+    assert done.returncode == 1 and "has no version 99 in the store" in done.stderr
+    assert setup.traffic() == before
+
+
 def test_good_canary_is_promoted_with_no_failed_request(setup: Setup) -> None:
-    canary = setup.add_version(fit(setup.frame, 0.5))
+    canary = setup.add_version(fit(setup.frame, 0.5), deployed=False)
+    deployed = mlops(setup.home, "deploy", canary, "--canary-percent", "10")
+    assert deployed.returncode == 0, deployed.stderr
+    assert setup.traffic()[canary] == 10 and setup.champion() != canary
     with Load(setup.url, setup.rows) as load:
-        code, out = setup.rollout("--steps", "10,50,100", *FAST)
+        code, out = setup.rollout("--steps", "10,100", *FAST)
         ended = time.monotonic()
-        time.sleep(1.0)
+        time.sleep(0.6)
     assert code == 0, out
-    assert out.count("-> promote-step") == 3, out
+    assert out.count("-> promote-step") == 2, out
     assert load.failed() == 0
     assert setup.traffic()[canary] == 100
     assert set(load.versions_after(ended + 0.5)) == {canary}
