@@ -11,7 +11,6 @@ or Ctrl-C all roll back to the stable revision.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +29,6 @@ from serving.canary_analysis import (
     window,
 )
 
-logger = logging.getLogger("mlops.rollout")
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled-back"
 EXIT_PROMOTED, EXIT_ERROR, EXIT_ROLLED_BACK = 0, 1, 3
@@ -229,7 +227,8 @@ def run_rollout(
 
     Raises:
         LookupError: When no canary is deployed (nothing was changed).
-        Exception: Whatever the target raised after the rollback it then attempted.
+        RolloutAborted: When a step failed (the target's error); the canary was rolled back,
+            or the message says the rollback failed too.
     """
     pair = target.pair()
     reference = target.reference(pair)
@@ -237,12 +236,25 @@ def run_rollout(
     records: list[StepRecord] = []
     try:
         outcome, reason = _steps(target, plan, pair, reference, records, emit, sleep)
-    except BaseException:
-        # Whatever stopped the loop (an error, Ctrl-C), the canary must not stay half rolled out.
-        logger.warning("rollout stopped; rolling back to the stable revision")
-        target.rollback()
+    except KeyboardInterrupt:
+        target.rollback()  # Ctrl-C: the canary must not stay half rolled out
         raise
+    except Exception as err:
+        try:
+            target.rollback()
+        except Exception as second:
+            raise RolloutAborted(
+                f"the rollout stopped ({err}) and the rollback failed too ({second}): the "
+                "canary may still take traffic; run `mlops rollback`"
+            ) from err
+        raise RolloutAborted(
+            f"the rollout stopped ({err}); the canary was rolled back to the stable revision"
+        ) from err
     return _finish(target, pair, records, outcome, reason)
+
+
+class RolloutAborted(RuntimeError):
+    """The rollout stopped on an error; the message says whether the rollback happened."""
 
 
 def _steps(

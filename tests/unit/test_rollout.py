@@ -10,6 +10,7 @@ from serving.canary_analysis import Snapshot, Thresholds
 from serving.rollout import (
     EXIT_PROMOTED,
     CanaryPair,
+    RolloutAborted,
     RolloutPlan,
     canary_pair,
     parse_steps,
@@ -72,7 +73,7 @@ def test_at_100_percent_the_canary_is_compared_with_the_last_stable_window() -> 
 
 def test_an_error_during_the_rollout_rolls_back_and_is_raised() -> None:
     target = Scripted([cumulative(0, 0), cumulative(0, 0), ConnectionError("server gone")])
-    with pytest.raises(ConnectionError):
+    with pytest.raises(RolloutAborted, match=r"server gone\); the canary was rolled back"):
         run_rollout(target, RolloutPlan((10, 100), 1.0), sleep=lambda _: None)
     assert target.calls == [10, "rollback"]
 
