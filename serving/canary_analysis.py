@@ -11,7 +11,8 @@ mode, whose counters add up) and a cluster. The families, all labelled ``model``
 - the histogram ``mlops_prediction_probability``: the predicted class's probability per row;
 - ``mlops_input_bin_rows_total{feature,bin}``: served rows per training-reference bin;
 - ``mlops_shadow_requests_total{outcome}``: mirrored requests, labelled with the canary
-  (shadow) revision, ``agreed|disagreed|failed|dropped``.
+  (shadow) revision, ``agreed|disagreed|failed|dropped``; ``mlops_shadow_rows_total{outcome}``
+  the rows of those compared, ``agreed|disagreed`` (agreement is judged per row).
 
 Everything here is a pure function of those counts: ``parse_exposition`` -> ``Snapshot``,
 ``window(before, after)`` -> the counts of one step, ``judge(stable, canary, reference,
@@ -31,6 +32,7 @@ PREDICTIONS = "mlops_predictions"
 PROBABILITY = "mlops_prediction_probability"
 INPUT_BINS = "mlops_input_bin_rows"
 SHADOW = "mlops_shadow_requests"
+SHADOW_ROWS = "mlops_shadow_rows"
 SHADOW_OUTCOMES = ("agreed", "disagreed", "failed", "dropped")
 # Upper bounds of the probability histogram: the predicted class's probability is >= 1/classes.
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -57,6 +59,7 @@ class RevisionCounts:
         input_bins: Served rows per feature per training-reference bin index.
         shadow: Mirrored requests per outcome (``agreed``, ``disagreed``, ``failed``,
             ``dropped``); counted on the canary (the revision the requests were mirrored to).
+        shadow_rows: Rows of the compared mirrored requests, ``agreed``/``disagreed``.
     """
 
     model_version: str = ""
@@ -67,6 +70,7 @@ class RevisionCounts:
     probability_buckets: dict[float, float] = field(default_factory=dict)
     input_bins: dict[str, dict[str, float]] = field(default_factory=dict)
     shadow: dict[str, float] = field(default_factory=dict)
+    shadow_rows: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +142,9 @@ def _add_sample(counts: RevisionCounts, name: str, labels: Mapping[str, str], va
     elif name == f"{SHADOW}_total":
         outcome = labels.get("outcome", "")
         counts.shadow[outcome] = counts.shadow.get(outcome, 0.0) + value
+    elif name == f"{SHADOW_ROWS}_total":
+        outcome = labels.get("outcome", "")
+        counts.shadow_rows[outcome] = counts.shadow_rows.get(outcome, 0.0) + value
 
 
 def _minus(after: dict[Any, Any], before: dict[Any, Any]) -> dict[Any, Any]:
@@ -301,11 +308,11 @@ class Thresholds:
         min_drift_rows: Canary rows a window needs before input drift is judged (200): the
             largest of 30 features' PSI on 50 rows of undrifted traffic measured p99 0.41, pure
             noise, so smaller windows report it without judging it.
-        min_shadow_agreement: Share of mirrored requests whose predictions equal the stable's.
+        min_shadow_agreement: Share of mirrored rows whose labels equal the stable's.
             0.9: two good models agreed on >= 98.7% of rows in every window measured; the
             half-flipped-labels model on at most 71%.
-        min_shadow_requests: Compared shadow requests needed to judge agreement (20); fewer
-            and the signal is reported but not judged.
+        min_shadow_requests: Compared mirrored requests needed to judge agreement (20);
+            fewer and the signal is reported but not judged.
         smoothing: Added to every class/bucket count before the divergences (0.5, Jeffreys).
     """
 
@@ -490,14 +497,22 @@ def _shadow_signal(canary: RevisionCounts, t: Thresholds) -> Signal:
     disagreed = canary.shadow.get("disagreed", 0.0)
     failed = canary.shadow.get("failed", 0.0)
     compared = agreed + disagreed + failed
+    agreed_rows = canary.shadow_rows.get("agreed", 0.0)
+    rows = agreed_rows + canary.shadow_rows.get("disagreed", 0.0)
     detail = (
-        f"{agreed:.0f}/{compared:.0f} mirrored requests agreed, {failed:.0f} failed, "
+        f"{agreed_rows:.0f}/{rows:.0f} mirrored rows agreed; requests {agreed:.0f} agreed, "
+        f"{disagreed:.0f} disagreed, {failed:.0f} failed, "
         f"{canary.shadow.get('dropped', 0.0):.0f} dropped"
     )
-    if compared < t.min_shadow_requests:
+    # Per row, a request the canary failed counting as one disagreeing row; without row
+    # counts (another server), per request.
+    value: float | None
+    if rows:
+        value = agreed_rows / (rows + failed)
+    else:
         value = agreed / compared if compared else None
+    if compared < t.min_shadow_requests or value is None:
         return Signal("shadow_agreement", value, t.min_shadow_agreement, None, detail)
-    value = agreed / compared
     return Signal(
         "shadow_agreement", value, t.min_shadow_agreement, value >= t.min_shadow_agreement, detail
     )

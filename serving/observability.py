@@ -61,6 +61,11 @@ SHADOW = Counter(
     "Requests of the stable revision mirrored to the canary (labelled with the canary)",
     [*_LABELS, "outcome"],
 )
+SHADOW_ROWS = Counter(
+    "mlops_shadow_rows",
+    "Rows of mirrored requests whose canary label equals (agreed) or not (disagreed) the stable's",
+    [*_LABELS, "outcome"],
+)
 # Predicted labels outside the model's own classes share one label value: labels stay bounded.
 OTHER_CLASS = "_other"
 # Before routing (e.g. a body that is not JSON) no revision is known.

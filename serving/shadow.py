@@ -8,7 +8,9 @@ revision's answer whatever happens here; the canary's answer is never returned t
 
 Counted in ``mlops_shadow_requests_total{outcome}``, labelled with the canary revision:
 ``agreed`` (every row's label identical), ``disagreed``, ``failed`` (the canary raised),
-``dropped`` (the queue was full).
+``dropped`` (the queue was full); and per row in ``mlops_shadow_rows_total{outcome}``
+(``agreed``/``disagreed``), which the rollout judges: one differing row of a 1000-row request
+is one row in 1000, not a disagreeing request.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from serving.inputs import request_matrix
-from serving.observability import SHADOW, _child
+from serving.observability import SHADOW, SHADOW_ROWS, _child
 
 logger = logging.getLogger("mlops.serving.shadow")
 # Share of the stable revision's requests mirrored. 0.25: at a 10% canary the canary sees
@@ -119,21 +121,28 @@ class ShadowMirror:
             try:
                 if item is None:
                     return
-                outcome = compare(item.payload, item.stable, item.canary)
+                outcome, agreed, rows = compare(item.payload, item.stable, item.canary)
                 _child(SHADOW, (*item.canary.labels, outcome)).inc()
+                if rows:
+                    _child(SHADOW_ROWS, (*item.canary.labels, "agreed")).inc(agreed)
+                    _child(SHADOW_ROWS, (*item.canary.labels, "disagreed")).inc(rows - agreed)
             except Exception:  # the worker must outlive anything a model does
                 logger.exception("shadow comparison failed")
             finally:
                 self._queue.task_done()
 
 
-def compare(payload: Any, stable: Any, canary: Any) -> str:
-    """``agreed``, ``disagreed`` or ``failed``: the canary's labels against the stable's.
+def compare(payload: Any, stable: Any, canary: Any) -> tuple[str, int, int]:
+    """The canary's labels against the stable's on the same rows.
 
     Args:
         payload: The request the stable revision answered.
         stable: The stable ``RevisionModel``.
         canary: The canary ``RevisionModel``.
+
+    Returns:
+        ``(outcome, agreeing rows, rows)``: outcome ``agreed`` (every row), ``disagreed`` or
+        ``failed`` (the canary raised; no rows compared).
     """
     matrix = request_matrix(payload, stable.feature_names)
     expected = stable.predict_labels(matrix)
@@ -141,6 +150,8 @@ def compare(payload: Any, stable: Any, canary: Any) -> str:
         got = canary.predict_labels(request_matrix(payload, canary.feature_names))
     except Exception as err:  # a canary that cannot answer is the finding, not an error here
         logger.info("shadow request failed on %s: %s", canary.revision.name, err)
-        return "failed"
-    same = got.shape == expected.shape and bool(np.array_equal(got, expected))
-    return "agreed" if same else "disagreed"
+        return "failed", 0, 0
+    if got.shape != expected.shape:
+        return "disagreed", 0, len(expected)
+    agreed = int(np.count_nonzero(got == expected))
+    return ("agreed" if agreed == len(expected) else "disagreed"), agreed, len(expected)

@@ -48,6 +48,7 @@ def exposition(requests: int, errors: int = 0, model: str = "m") -> str:
     )
     bins = Counter("mlops_input_bin_rows", "b", [*LABELS, "feature", "bin"], registry=registry)
     shadow = Counter("mlops_shadow_requests", "s", [*LABELS, "outcome"], registry=registry)
+    shadow_rows = Counter("mlops_shadow_rows", "s", [*LABELS, "outcome"], registry=registry)
     for revision, version in (("r1", "1"), ("r2", "2")):
         total.labels(model, revision, version, "200").inc(requests - errors)
         total.labels(model, revision, version, "503").inc(errors)
@@ -58,6 +59,7 @@ def exposition(requests: int, errors: int = 0, model: str = "m") -> str:
         classes.labels(model, revision, version, "1").inc(requests)
         bins.labels(model, revision, version, "f", "3").inc(requests)
     shadow.labels(model, "r2", "2", "agreed").inc(7)
+    shadow_rows.labels(model, "r2", "2", "agreed").inc(70)
     total.labels("other", "r9", "9", "200").inc(1000)
     return generate_latest(registry).decode()
 
@@ -85,6 +87,7 @@ def test_parse_exposition_reads_every_family_of_the_model_per_revision() -> None
     assert r2.classes == {"1": 40} and r2.input_bins == {"f": {"3": 40}}
     assert r2.probability_buckets[0.9] == 0 and r2.probability_buckets[1.0] == 40
     assert r2.shadow == {"agreed": 7} and snapshot.get("r1").shadow == {}
+    assert r2.shadow_rows == {"agreed": 70}
 
 
 def test_parse_exposition_refuses_text_that_is_not_exposition() -> None:
@@ -174,6 +177,19 @@ def test_signals_without_enough_data_are_reported_not_judged() -> None:
     small = judge(counts(900), counts(50), REFERENCE, Thresholds(min_drift_rows=1000))
     drift = next(s for s in small.signals if s.name == "input_drift")
     assert drift.passed is None and "too few to judge" in drift.detail
+
+
+def test_shadow_agreement_is_judged_per_row_not_per_request() -> None:
+    # 30 mirrored batch requests of 100 rows; the canary differs on one row in each: 99%.
+    batches = counts(
+        shadow={"agreed": 0, "disagreed": 30}, shadow_rows={"agreed": 2970, "disagreed": 30}
+    )
+    verdict = judge(counts(900), batches, REFERENCE, Thresholds(min_drift_rows=10))
+    shadow = next(s for s in verdict.signals if s.name == "shadow_agreement")
+    assert shadow.passed is True and shadow.value == pytest.approx(0.99)
+    # A request the canary failed counts against it.
+    failing = counts(shadow={"agreed": 20, "failed": 10}, shadow_rows={"agreed": 20})
+    assert judge(counts(900), failing, REFERENCE, Thresholds()).failing == ["shadow_agreement"]
 
 
 def test_thresholds_out_of_range_name_the_field() -> None:

@@ -43,9 +43,10 @@ def test_compare_tells_agreement_disagreement_and_failure(
     flipped = breast_cancer.assign(target=1 - breast_cancer["target"])
     wrong = _loaded(mlops_home, tmp_path, fit(flipped, 1.0), breast_cancer, "c2")
     broken = _loaded(mlops_home, tmp_path, FailingModel(good), breast_cancer, "c3")
-    assert compare(rows_body, stable, same) == "agreed"
-    assert compare(rows_body, stable, wrong) == "disagreed"
-    assert compare(rows_body, stable, broken) == "failed"
+    assert compare(rows_body, stable, same) == ("agreed", 5, 5)
+    outcome, agreed, rows = compare(rows_body, stable, wrong)
+    assert (outcome, rows) == ("disagreed", 5) and agreed < 5
+    assert compare(rows_body, stable, broken) == ("failed", 0, 0)
 
 
 def test_a_busy_canary_makes_the_mirror_drop_instead_of_waiting(
