@@ -189,6 +189,21 @@ def set_aliases(
         drop_alias(tracking_uri, model_name, CHALLENGER)
 
 
+def tag_version(
+    tracking_uri: str, model_name: str, store_version: int | str, tags: dict[str, str]
+) -> bool:
+    """Set ``tags`` on the registered version of ``store_version``; ``False`` if unregistered."""
+    client = _client(tracking_uri)
+    found = client.search_model_versions(
+        f"name='{model_name}' and tag.{_STORE_VERSION_TAG}='{store_version}'"
+    )
+    if not found:
+        return False
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, found[0].version, key, value)
+    return True
+
+
 def drop_alias(tracking_uri: str, model_name: str, alias: str) -> None:
     """Remove ``alias`` if it is set."""
     from mlflow.exceptions import MlflowException

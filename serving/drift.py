@@ -4,17 +4,25 @@ The training data's per-feature quantile bins travel with the model (``metadata.
 ``reference_statistics``); served rows are counted in the same bins, and
 ``PSI = sum((served - reference) * ln(served / reference))`` over the bins. Common reading:
 below 0.1 stable, 0.1 to 0.25 a moderate shift, above 0.25 a significant one.
+
+The bin counts are the ``mlops_input_bin_rows_total{feature,bin}`` counters, per revision: the
+rollout reads them per window (``serving.canary_analysis``), and with several worker processes
+(``PROMETHEUS_MULTIPROC_DIR``) ``report()`` reads them back through ``prometheus_client``'s
+``MultiProcessCollector``, so ``mlops drift`` covers every worker's rows.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mlops.validation import bin_counts
+from serving.observability import INPUT_BINS
 
 STABLE = 0.1
 SIGNIFICANT = 0.25
@@ -23,6 +31,8 @@ _EPSILON = 1e-4
 # Served rows are buffered and binned in batches: appending an array costs nothing on the
 # request path, binning 30 features is done once per batch or scrape.
 _FLUSH_ROWS = 4096
+# ... and at least once a second, so a rollout's window of a few seconds sees its rows.
+_FLUSH_S = 1.0
 # A large request adds an evenly spaced sample of its rows: ten bins need a few hundred rows
 # in all, and binning every row of 1000-row requests cost more than the prediction itself.
 SAMPLE_ROWS = 100
@@ -73,12 +83,19 @@ class FeatureDrift:
 class DriftMonitor:
     """Counts served rows in the reference bins of every feature; thread-safe."""
 
-    def __init__(self, feature_names: list[str], reference: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        feature_names: list[str],
+        reference: dict[str, Any],
+        labels: tuple[str, str, str] | None = None,
+    ) -> None:
         """Set up the bins.
 
         Args:
             feature_names: The model's features, in column order.
             reference: ``reference_statistics`` from the model's metadata.
+            labels: ``(model, revision, model_version)`` of the ``mlops_input_bin_rows``
+                counters; ``None`` counts in this object only.
 
         Raises:
             ValueError: When a feature has no reference statistics.
@@ -98,7 +115,17 @@ class DriftMonitor:
         self._rows = 0
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
+        self._flushed_at = time.monotonic()
         self._lock = threading.Lock()
+        self.labels = labels
+        self._counters = (
+            [
+                [INPUT_BINS.labels(*labels, name, str(b)) for b in range(len(fractions))]
+                for name, fractions in zip(feature_names, self._fractions, strict=True)
+            ]
+            if labels
+            else None
+        )
 
     def observe(self, matrix: np.ndarray) -> None:
         """Record served rows (``[rows, features]``, validated); at most ``SAMPLE_ROWS`` of them."""
@@ -107,36 +134,80 @@ class DriftMonitor:
         with self._lock:
             self._pending.append(matrix)
             self._pending_rows += len(matrix)
-            if self._pending_rows >= _FLUSH_ROWS:
+            if self._pending_rows >= _FLUSH_ROWS or time.monotonic() - self._flushed_at > _FLUSH_S:
                 self._flush()
 
     def _flush(self) -> None:
+        self._flushed_at = time.monotonic()
         if not self._pending:
             return
         batch = np.concatenate(self._pending)
         self._pending, self._pending_rows = [], 0
         for column, edges in enumerate(self._edges):
-            self._counts[column] += bin_counts(edges, batch[:, column])
+            counts = bin_counts(edges, batch[:, column])
+            self._counts[column] += counts
+            if self._counters is not None:
+                for counter, count in zip(self._counters[column], counts.tolist(), strict=True):
+                    if count:
+                        counter.inc(count)
         self._sums += batch.sum(axis=0)
         self._rows += len(batch)
 
     @property
     def rows(self) -> int:
-        """Rows the statistics cover (large requests contribute a sample)."""
-        with self._lock:
-            return self._rows + self._pending_rows
-
-    def report(self) -> list[FeatureDrift]:
-        """PSI per feature over the rows served so far, in feature order."""
+        """Rows the statistics cover (large requests contribute a sample), in every worker."""
         with self._lock:
             self._flush()
+            counts = self._all_workers_counts()
+            return int(counts[0].sum()) if counts else 0
+
+    def _all_workers_counts(self) -> list[np.ndarray]:
+        """Bin counts per feature: this process's, or every worker's when multiprocess."""
+        if self.labels is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return [c.copy() for c in self._counts]
+        return multiprocess_bin_counts(self.labels, self.feature_names, self._fractions)
+
+    def report(self) -> list[FeatureDrift]:
+        """PSI per feature over the rows served so far, in feature order.
+
+        The served mean covers this process's rows only (means do not add up as counters do).
+        """
+        with self._lock:
+            self._flush()
+            counts = self._all_workers_counts()
             rows = max(self._rows, 1)
             return [
                 FeatureDrift(
                     feature=name,
-                    psi=psi(self._fractions[i], self._counts[i]) if self._rows else 0.0,
+                    psi=psi(self._fractions[i], counts[i]),
                     served_mean=float(self._sums[i] / rows),
                     reference_mean=self._reference_means[i],
                 )
                 for i, name in enumerate(self.feature_names)
             ]
+
+
+def multiprocess_bin_counts(
+    labels: tuple[str, str, str], feature_names: list[str], fractions: list[np.ndarray]
+) -> list[np.ndarray]:
+    """``mlops_input_bin_rows_total`` of one revision, summed over every worker's files.
+
+    Reads ``PROMETHEUS_MULTIPROC_DIR`` through ``prometheus_client``'s
+    ``MultiProcessCollector``, which adds up the counters the worker processes wrote.
+    """
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    column = {name: i for i, name in enumerate(feature_names)}
+    counts = [np.zeros(len(f), dtype=np.int64) for f in fractions]
+    for metric in MultiProcessCollector(CollectorRegistry(auto_describe=False)).collect():
+        if metric.name != "mlops_input_bin_rows":
+            continue
+        for sample in metric.samples:
+            found = sample.labels
+            if (found.get("model"), found.get("revision"), found.get("model_version")) != labels:
+                continue
+            i, b = column.get(found.get("feature", "")), int(found.get("bin", -1))
+            if i is not None and 0 <= b < len(counts[i]):
+                counts[i][b] += int(sample.value)
+    return counts

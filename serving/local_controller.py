@@ -427,6 +427,23 @@ def clear_revision_failure(name: str, revision: str, state_dir: Path) -> dict[st
         return _reconcile(desired, state, path, spec_changed=False)
 
 
+def annotate(name: str, key: str, value: str, state_dir: Path) -> dict[str, Any]:
+    """Set one annotation on the recorded InferenceService (e.g. a rollout's outcome).
+
+    Metadata only, as ``kubectl annotate``: no new revision, traffic unchanged.
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` is deployed.
+    """
+    path = state_path(name, state_dir)
+    with _locked(path):
+        state = read_state(name, state_dir)
+        metadata = state["inferenceService"]["metadata"]
+        metadata["annotations"] = {**(metadata.get("annotations") or {}), key: value}
+        _write_state(state, path)
+        return dict(state["inferenceService"])
+
+
 def record_server(name: str, url: str, state_dir: Path) -> dict[str, Any]:
     """Record the local server's address, so the status URLs (and `mlops get`) point at it.
 

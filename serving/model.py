@@ -24,9 +24,9 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from kserve.utils.utils import get_predict_response
 
-from serving.drift import DriftMonitor
+from serving.drift import SAMPLE_ROWS, DriftMonitor
 from serving.inputs import request_matrix, wants_probabilities
-from serving.observability import current_request
+from serving.observability import current_request, record_predictions
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class RevisionModel(Model):
         self.feature_names: list[str] = []
         self.metadata: dict[str, Any] = {}
         self.drift: DriftMonitor | None = None
+        self.classes: frozenset[str] = frozenset()
         self._model: Any = None
 
     def load(self) -> bool:
@@ -89,7 +90,8 @@ class RevisionModel(Model):
                 f"feature_names but the model takes {n_features} features"
             )
         reference = metadata.get("reference_statistics")
-        self.drift = DriftMonitor(feature_names, reference) if reference else None
+        self.drift = DriftMonitor(feature_names, reference, self.labels) if reference else None
+        self.classes = frozenset(str(c) for c in getattr(model, "classes_", np.array([])).tolist())
         self._model, self.metadata, self.feature_names = model, metadata, feature_names
         self.ready = True
         return self.ready
@@ -129,12 +131,37 @@ class RevisionModel(Model):
             raise InferenceError(f"{self.revision.name}: {type(err).__name__}: {err}") from err
         if self.drift is not None:
             self.drift.observe(matrix)
+        self._record(matrix, result, probabilities)
         info = current_request()
         if info is not None:
             info.rows = len(matrix)
         if isinstance(payload, InferRequest):
             return self._v2_response(payload, result)
         return get_predict_response(payload, result, self.name)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """``(model, revision, model_version)``: the labels of this revision's metrics."""
+        return (self.name, self.revision.name, self.revision.model_version)
+
+    def predict_labels(self, matrix: np.ndarray) -> np.ndarray:
+        """The model's labels for validated rows, recording nothing (the shadow compares these)."""
+        with sklearn.config_context(assume_finite=True):
+            return np.asarray(self._model.predict(matrix))
+
+    def _record(self, matrix: np.ndarray, result: np.ndarray, probabilities: bool) -> None:
+        """The canary signals: predicted classes of every row, top probability of a sample."""
+        proba_of = getattr(self._model, "predict_proba", None)
+        if probabilities:
+            predicted = np.asarray(self._model.classes_).take(result.argmax(axis=1))
+            top = result[:: max(1, -(-len(result) // SAMPLE_ROWS))].max(axis=1)
+        else:
+            predicted, top = result, None
+            if proba_of is not None:
+                sample = matrix[:: max(1, -(-len(matrix) // SAMPLE_ROWS))]
+                with sklearn.config_context(assume_finite=True):
+                    top = proba_of(sample).max(axis=1)
+        record_predictions(self.labels, self.classes, predicted, top)
 
     def _v2_response(self, request: InferRequest, result: np.ndarray) -> InferResponse:
         # What get_predict_response builds, but holding the array: it would turn the array into

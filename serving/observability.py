@@ -40,6 +40,34 @@ LATENCY = Histogram(
     _LABELS,
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+# The canary-signal families (serving.canary_analysis reads them back from /metrics). Plain
+# counters and histograms: in Prometheus multiprocess mode they add up across workers.
+PREDICTIONS = Counter(
+    "mlops_predictions", "Predicted rows per class", [*_LABELS, "predicted_class"]
+)
+PROBABILITY = Histogram(
+    "mlops_prediction_probability",
+    "Probability of the predicted class, per row (a sample of at most 100 rows per request)",
+    _LABELS,
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+INPUT_BINS = Counter(
+    "mlops_input_bin_rows",
+    "Served rows per feature per training-reference bin (a sample of at most 100 per request)",
+    [*_LABELS, "feature", "bin"],
+)
+SHADOW = Counter(
+    "mlops_shadow_requests",
+    "Requests of the stable revision mirrored to the canary (labelled with the canary)",
+    [*_LABELS, "outcome"],
+)
+SHADOW_ROWS = Counter(
+    "mlops_shadow_rows",
+    "Rows of mirrored requests whose canary label equals (agreed) or not (disagreed) the stable's",
+    [*_LABELS, "outcome"],
+)
+# Predicted labels outside the model's own classes share one label value: labels stay bounded.
+OTHER_CLASS = "_other"
 # Before routing (e.g. a body that is not JSON) no revision is known.
 NO_REVISION = "none"
 # The label of requests for a model this server does not serve: names in URLs are the client's
@@ -288,3 +316,29 @@ def _error_message(body: bytes) -> str:
         return text[:_ERROR_CHARS]
     message = parsed.get("error") or parsed.get("detail") if isinstance(parsed, dict) else parsed
     return str(message)[:_ERROR_CHARS]
+
+
+def record_predictions(
+    labels: tuple[str, str, str],
+    classes: frozenset[str],
+    predicted: Any,
+    top_probabilities: Any | None,
+) -> None:
+    """Count predicted rows per class and observe the predicted class's probabilities.
+
+    Args:
+        labels: ``(model, revision, model_version)``.
+        classes: The model's own class labels, as strings; others count as ``_other``.
+        predicted: The predicted labels of the request's rows (a numpy array).
+        top_probabilities: The predicted class's probability of (a sample of) those rows.
+    """
+    import numpy as np
+
+    values, counts = np.unique(np.asarray(predicted), return_counts=True)
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        label = str(value) if str(value) in classes else OTHER_CLASS
+        _child(PREDICTIONS, (*labels, label)).inc(count)
+    if top_probabilities is not None:
+        histogram = _child(PROBABILITY, labels)
+        for probability in np.asarray(top_probabilities, dtype=float).tolist():
+            histogram.observe(probability)

@@ -37,6 +37,7 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 from serving import local_controller
 from serving.model import Revision, RevisionModel
 from serving.observability import current_request
+from serving.shadow import ShadowMirror, sample_rate_from_env
 
 logger = logging.getLogger("mlops.serving")
 # Response headers naming who answered: v1 responses have no model_version field.
@@ -158,6 +159,19 @@ class Routes:
                 return route
         return None
 
+    def shadow_target(self, answered: Route) -> Route | None:
+        """The canary to mirror a request to, when ``answered`` is the stable (``prev``) one.
+
+        A canary is the ``latest`` revision while it takes 0 < percent < 100 of the traffic.
+        """
+        if answered.tag != "prev":
+            return None
+        for route in self._weighted:
+            if route.tag == "latest" and route.percent < 100 and route is not answered:
+                if route.model.revision.name != answered.model.revision.name:
+                    return route
+        return None
+
     def describe(self) -> str:
         """``1 (prev, 90%), 2 (latest, 10%)``."""
         return ", ".join(r.describe() for r in self.routes) or "none"
@@ -166,13 +180,21 @@ class Routes:
 class CanaryRouter(Model):
     """Serves the InferenceService ``name`` from the local state, split across its revisions."""
 
-    def __init__(self, name: str, state_dir: Path, poll_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        name: str,
+        state_dir: Path,
+        poll_interval_s: float = 0.5,
+        shadow_sample_rate: float | None = None,
+    ) -> None:
         """Create the router; ``load()`` reads the state and loads the revisions.
 
         Args:
             name: The InferenceService (and served model) name.
             state_dir: The directory holding ``serving/<name>.yaml``.
             poll_interval_s: How often the watcher looks at the state file.
+            shadow_sample_rate: Share of the stable revision's requests mirrored to a canary
+                (``serving.shadow``); ``None`` reads ``MLOPS_SHADOW_SAMPLE_RATE`` (default 0.25).
         """
         super().__init__(name, return_response_headers=True)
         self.state_dir = state_dir
@@ -185,6 +207,8 @@ class CanaryRouter(Model):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._random = random.Random()
+        rate = sample_rate_from_env() if shadow_sample_rate is None else shadow_sample_rate
+        self.shadow = ShadowMirror(rate)
 
     def load(self) -> bool:
         """Read the state and load every revision that takes traffic.
@@ -204,8 +228,9 @@ class CanaryRouter(Model):
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching."""
+        """Stop watching and mirroring."""
         self._stop.set()
+        self.shadow.stop()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
@@ -387,7 +412,12 @@ class CanaryRouter(Model):
         if response_headers is not None:
             response_headers[REVISION_HEADER] = revision.name
             response_headers[VERSION_HEADER] = revision.model_version
-        return route.model.predict(payload, headers)
+        answer = route.model.predict(payload, headers)
+        if version is None:
+            canary = routes.shadow_target(route)
+            if canary is not None:
+                self.shadow.offer(payload, route.model, canary.model)
+        return answer
 
     def versions(self) -> list[str]:
         """The store versions of the live revisions."""

@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from mlops.cli import deployments, pipeline, scoring, serving
-from mlops.cli import release as release_command
+from mlops.cli import deployments, pipeline, release, rollout, scoring, serving
 
 
 class _Group(click.Group):
@@ -31,9 +30,14 @@ def main() -> None:
     """Train, gate, store and serve a scikit-learn model with Kubeflow Pipelines and KServe."""
 
 
-for _command in (*pipeline.COMMANDS, *deployments.COMMANDS, *serving.COMMANDS):
+for _command in (
+    *pipeline.COMMANDS,
+    *deployments.COMMANDS,
+    *serving.COMMANDS,
+    *rollout.COMMANDS,
+    *release.COMMANDS,
+    *scoring.COMMANDS,
+):
     main.add_command(_command)
-main.add_command(release_command.release)
-main.add_command(scoring.score)
 
 __all__ = ["main"]

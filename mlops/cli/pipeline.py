@@ -92,10 +92,22 @@ def pipeline_options(func: Any) -> Any:
 @click.command()
 @pipeline_options
 @click.option("-v", "--verbose", is_flag=True, help="Show every step's output.")
-def run(verbose: bool, **arguments: Any) -> None:
+@click.option(
+    "--rollout",
+    type=click.Choice(["manual", "auto"]),
+    default="manual",
+    show_default=True,
+    help="auto: after deploying a canary, run `mlops rollout` with its defaults on the "
+    "running `mlops serve` (exit 0 promoted, 3 rolled back); manual: leave the canary.",
+)
+def run(verbose: bool, rollout: str, **arguments: Any) -> None:
     """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService."""
     from pipelines.local import run_locally
 
+    if rollout == "auto":
+        from mlops.cli.rollout import check_server
+
+        check_server(arguments["model_name"])
     summary = run_locally(arguments, state_dir(), verbose=verbose)
     click.echo("")
     for key, value in sorted(summary.metrics.items()):
@@ -115,6 +127,23 @@ def run(verbose: bool, **arguments: Any) -> None:
     else:
         click.echo("model: not uploaded; the serving InferenceService is unchanged")
     click.echo(f"step logs: {summary.log_file}")
+    if rollout == "auto" and summary.deploy:
+        _auto_rollout(arguments["model_name"])
+
+
+def _auto_rollout(name: str) -> None:
+    """Roll out the canary just deployed, if the deploy made one (a first deploy does not)."""
+    from mlops.cli.rollout import default_options, execute_rollout
+    from serving import local_controller
+    from serving.rollout import canary_pair
+
+    state = local_controller.read_state(name, state_dir())
+    try:
+        canary_pair(state["inferenceService"], state["revisions"])
+    except LookupError:
+        click.echo("rollout: the first deploy takes all traffic; nothing to roll out")
+        return
+    execute_rollout(name, None, None, **default_options())
 
 
 @click.command(name="compile")

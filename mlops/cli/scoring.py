@@ -50,3 +50,6 @@ def score(source: str, verbose: bool, **arguments: object) -> None:
         f"{summary.model_version}: {summary.output}"
     )
     click.echo(f"step logs: {summary.log_file}")
+
+
+COMMANDS = [score]

@@ -80,3 +80,54 @@ def test_the_monitor_reports_a_finite_psi_for_values_outside_every_training_bin(
     far = breast_cancer[features].to_numpy(dtype=float)[:50] * 100
     monitor.observe(far)
     assert all(np.isfinite(f.psi) and f.psi > 0.25 for f in monitor.report())
+
+
+_WORKERS_SCRIPT = """
+import json, multiprocessing, os, sys
+import numpy as np
+from mlops.data import load_table
+from mlops.validation import reference_statistics
+frame = load_table("sklearn:breast_cancer")
+features = [c for c in frame.columns if c != "target"]
+reference = reference_statistics(frame, "target")
+rows = frame[features].to_numpy(dtype=float)
+LABELS = ("m", "m-predictor-00001", "1")
+
+def worker(start, stop):
+    from serving.drift import DriftMonitor
+    monitor = DriftMonitor(features, reference, LABELS)
+    monitor.observe(rows[start:stop])
+    monitor.report()  # flushes into the counters
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=worker, args=a) for a in ((0, 60), (60, 100))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    from serving.drift import DriftMonitor
+    monitor = DriftMonitor(features, reference, LABELS)
+    print(json.dumps({"rows": monitor.rows, "psi": max(d.psi for d in monitor.report())}))
+"""
+
+
+def test_with_several_worker_processes_drift_adds_up_every_workers_rows(tmp_path) -> None:
+    """PROMETHEUS_MULTIPROC_DIR: the counts come from every worker's counter files."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS_SCRIPT)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["rows"] == 100  # 60 rows in one worker, 40 in the other, none in the reader
+    assert report["psi"] > 0

@@ -1,0 +1,280 @@
+"""``mlops rollout`` and ``mlops deploy``: put a stored version out as a canary, roll it out."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracking_uri, state_dir
+from serving.canary_analysis import Thresholds
+
+_DEFAULTS = Thresholds()
+
+
+def _threshold_options(func: Any) -> Any:
+    """One option per threshold, defaults from ``Thresholds`` (the README gives the reasons)."""
+    options = [
+        click.option(
+            "--min-requests",
+            type=click.IntRange(1),
+            default=_DEFAULTS.min_requests,
+            show_default=True,
+            help="Canary requests a window needs to be judged; fewer: hold.",
+        ),
+        click.option(
+            "--max-holds",
+            type=click.IntRange(0),
+            default=_DEFAULTS.max_holds,
+            show_default=True,
+            help="Holds in a row at one step before rolling back for lack of traffic.",
+        ),
+        click.option(
+            "--max-error-rate-increase",
+            type=click.FloatRange(0, 1),
+            default=_DEFAULTS.max_error_rate_increase,
+            show_default=True,
+            help="Canary 5xx rate minus stable 5xx rate.",
+        ),
+        click.option(
+            "--max-p99-ratio",
+            type=click.FloatRange(1),
+            default=_DEFAULTS.max_p99_ratio,
+            show_default=True,
+            help="Canary p99 latency over stable p99 (and at least --min-p99-increase slower).",
+        ),
+        click.option(
+            "--min-p99-increase",
+            "min_p99_increase_s",
+            type=click.FloatRange(0),
+            default=_DEFAULTS.min_p99_increase_s,
+            show_default=True,
+            help="Seconds a slower p99 must also add before it fails.",
+        ),
+        click.option(
+            "--max-class-divergence",
+            type=click.FloatRange(0, 1),
+            default=_DEFAULTS.max_class_divergence,
+            show_default=True,
+            help="Jensen-Shannon divergence of predicted classes, canary vs stable.",
+        ),
+        click.option(
+            "--max-probability-divergence",
+            type=click.FloatRange(0, 1),
+            default=_DEFAULTS.max_probability_divergence,
+            show_default=True,
+            help="Jensen-Shannon divergence of the predicted class's probability histogram.",
+        ),
+        click.option(
+            "--max-input-psi",
+            type=click.FloatRange(0),
+            default=_DEFAULTS.max_input_psi,
+            show_default=True,
+            help="Largest per-feature PSI of canary inputs vs its training data.",
+        ),
+        click.option(
+            "--min-drift-rows",
+            type=click.IntRange(1),
+            default=_DEFAULTS.min_drift_rows,
+            show_default=True,
+            help="Canary rows a window needs before input drift is judged.",
+        ),
+        click.option(
+            "--min-shadow-agreement",
+            type=click.FloatRange(0, 1),
+            default=_DEFAULTS.min_shadow_agreement,
+            show_default=True,
+            help="Share of mirrored requests the canary must answer as the stable did.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def rollout_options(func: Any) -> Any:
+    """Steps, interval and thresholds (``mlops rollout``; ``mlops run --rollout auto``)."""
+    func = _threshold_options(func)
+    func = click.option(
+        "--interval",
+        type=click.FloatRange(0, min_open=True),
+        default=30.0,
+        show_default=True,
+        help="Seconds of traffic judged per step.",
+    )(func)
+    return click.option(
+        "--steps",
+        default="10,25,50,100",
+        show_default=True,
+        help="Canary shares in percent, increasing; the rollout promotes after the last.",
+    )(func)
+
+
+def default_options() -> dict[str, Any]:
+    """The options of ``mlops rollout`` at their defaults (``mlops run --rollout auto``)."""
+    from dataclasses import asdict
+
+    thresholds = asdict(_DEFAULTS)
+    thresholds.pop("min_shadow_requests")
+    thresholds.pop("smoothing")
+    return {"steps": "10,25,50,100", "interval": 30.0, **thresholds}
+
+
+def check_server(name: str) -> None:
+    """Refuse (before anything runs) when a model is deployed but no server answers for it.
+
+    Raises:
+        click.ClickException: Naming the URL and how to start the server.
+    """
+    import httpx
+
+    from mlops.cli.serving import _server_url
+    from serving import local_controller
+
+    try:
+        local_controller.read_state(name, state_dir())
+    except local_controller.NotDeployedError:
+        return  # a first deploy takes all traffic: nothing to roll out
+    url = _server_url(None, name)
+    try:
+        httpx.get(f"{url}/v2/health/live", timeout=5).raise_for_status()
+    except httpx.HTTPError as err:
+        raise click.ClickException(
+            f"--rollout auto judges the canary on live traffic, but no server answers at {url} "
+            f"({type(err).__name__}): start `mlops serve` (and traffic) first, or use "
+            "--rollout manual"
+        ) from err
+
+
+def _warm_registry(tracking_uri: str, name: str) -> None:
+    from mlops import registry
+
+    try:
+        registry.version_of_alias(tracking_uri, name, registry.CHAMPION)
+    except Exception:  # only a warm-up: the real call reports any problem
+        pass
+
+
+def execute_rollout(name: str, url: str | None, token_file: Path | None, **options: Any) -> None:
+    """Run the rollout of ``name`` on the local server; exits 0 promoted, 3 rolled back."""
+    from mlops.cli.serving import _server_url, _token
+    from serving.client import V2Client
+    from serving.rollout import (
+        LocalTarget,
+        RolloutPlan,
+        StepRecord,
+        parse_steps,
+        run_rollout,
+        tag_version,
+    )
+    from serving.rollout_report import write_report
+
+    steps = parse_steps(options.pop("steps"))
+    interval = float(options.pop("interval"))
+    plan = RolloutPlan(steps, interval, Thresholds(**options))
+    tracking_uri = default_tracking_uri()
+    client = V2Client(_server_url(url, name), name, timeout_s=10.0, token=_token(token_file))
+    target = LocalTarget(name, state_dir(), client.metrics, tracking_uri)
+    log_path = state_dir() / "logs" / f"rollout-{name}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(record: StepRecord) -> None:
+        click.echo(record.line())
+        with open(log_path, "a") as log:
+            log.write(json.dumps(record.as_json(), separators=(",", ":")) + "\n")
+
+    pair = target.pair()
+    # MLflow takes seconds to import and open its store: do it while the first window runs, so
+    # the promote or rollback (which moves the aliases) is not seconds late.
+    threading.Thread(target=_warm_registry, args=(tracking_uri, name), daemon=True).start()
+    click.echo(
+        f"rollout of {name}: canary version {pair.canary_version} ({pair.canary}) against "
+        f"stable version {pair.stable_version} ({pair.stable}); steps {list(steps)}, "
+        f"{interval:g} s each, judged on >= {plan.thresholds.min_requests} canary requests"
+    )
+    try:
+        result = run_rollout(target, plan, emit)
+    finally:
+        client.close()
+    with open(log_path, "a") as log:
+        log.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
+    tag_version(tracking_uri, name, pair.canary_version, result)
+    report = write_report(result, plan, state_dir() / "rollouts")
+    colour = "green" if result.exit_code == 0 else "yellow"
+    click.secho(f"{result.outcome}: {result.reason}", fg=colour, bold=True)
+    click.echo(f"report: {report}\nlog: {log_path}")
+    sys.exit(result.exit_code)
+
+
+@click.command()
+@click.argument("name", default=DEFAULT_MODEL_NAME)
+@rollout_options
+@click.option(
+    "--target",
+    type=click.Choice(["local"]),
+    default="local",
+    show_default=True,
+    help="Where the InferenceService runs.",
+)
+@click.option("--url", default=None, help="Model server base URL [default: as `mlops predict`].")
+@click.option(
+    "--auth-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File holding the server's bearer token [default: MLOPS_SERVING_TOKEN, else none].",
+)
+def rollout(
+    name: str, target: str, url: str | None, auth_token_file: Path | None, **options: Any
+) -> None:
+    """Step the canary of NAME up, judging each step; promote it (exit 0) or roll back (exit 3).
+
+    Each step gives the canary its share, waits --interval seconds, and compares the canary
+    with the stable revision on that window: 5xx rate, p99 latency, predicted classes and
+    probabilities, input drift, and agreement on mirrored requests. Too few canary requests
+    hold the step (at most --max-holds times). One line per step; the JSON lines go to
+    .mlops/logs/, the HTML report to .mlops/rollouts/.
+    """
+    execute_rollout(name, url, auth_token_file, **options)
+
+
+@click.command()
+@click.argument("version", type=click.IntRange(1))
+@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@click.option(
+    "--canary-percent",
+    type=click.IntRange(0, 100),
+    default=10,
+    show_default=True,
+    help="Share of the new revision when one already serves (the first deploy takes all).",
+)
+def deploy(version: int, model_name: str, canary_percent: int) -> None:
+    """Deploy store VERSION of the model locally, as a canary when a revision already serves."""
+    from mlops.cli.deployments import format_table, isvc_row
+    from mlops.store import open_store
+    from serving.deploy import deploy_inference_service, sync_aliases
+    from serving.inference_service import PredictorSettings
+
+    store = open_store(default_store_uri())
+    available = store.versions(model_name)
+    if version not in available:
+        raise click.ClickException(
+            f"model {model_name!r} has no version {version} in the store "
+            f"({default_store_uri()}); versions: {available or 'none'}"
+        )
+    store.read_metadata(model_name, version)  # a version still being written is refused
+    settings = PredictorSettings(
+        name=model_name,
+        storage_uri=store.version_uri(model_name, version),
+        model_version=version,
+        canary_traffic_percent=canary_percent,
+    )
+    applied = deploy_inference_service(settings, "local", state_dir())
+    sync_aliases(default_tracking_uri(), applied, "local", state_dir())
+    click.echo(format_table([isvc_row(applied)]))
+
+
+COMMANDS = [rollout, deploy]

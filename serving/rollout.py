@@ -1,0 +1,487 @@
+"""The stepped canary rollout: set the share, wait, judge the window, then step, hold or stop.
+
+``run_rollout`` is target-neutral: it drives a ``RolloutTarget`` (set the canary's share, read
+the metrics, promote, roll back, record the outcome), so the same loop runs against the local
+server (``LocalTarget``) and a cluster. Each step it reads a ``Snapshot`` before and after the
+interval and judges the window with ``serving.canary_analysis.judge``. It never leaves a
+canary half rolled out behind it: a failed signal, too little traffic for too long, an error
+or Ctrl-C all roll back to the stable revision.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from serving.canary_analysis import (
+    HOLD,
+    ROLLBACK,
+    RevisionCounts,
+    Snapshot,
+    Thresholds,
+    Verdict,
+    judge,
+    window,
+)
+
+PROMOTED = "promoted"
+ROLLED_BACK = "rolled-back"
+EXIT_PROMOTED, EXIT_ERROR, EXIT_ROLLED_BACK = 0, 1, 3
+# Where the outcome is recorded on the InferenceService (an annotation, in both targets).
+OUTCOME_ANNOTATION = "mlops.example.com/rollout"
+
+
+@dataclass(frozen=True)
+class CanaryPair:
+    """The two revisions a rollout compares.
+
+    Attributes:
+        stable: Revision name of the stable (``prev``) revision.
+        stable_version: Its store version.
+        canary: Revision name of the canary (``latest``) revision.
+        canary_version: Its store version.
+    """
+
+    stable: str
+    stable_version: str
+    canary: str
+    canary_version: str
+
+
+class RolloutTarget(Protocol):
+    """Where a rollout runs: the local server, or a cluster."""
+
+    name: str
+
+    def pair(self) -> CanaryPair:
+        """The stable and canary revisions; ``LookupError`` when no canary is deployed."""
+
+    def reference(self, pair: CanaryPair) -> dict[str, list[float]]:
+        """The canary's training reference: bin fractions per feature."""
+
+    def read_metrics(self) -> Snapshot:
+        """Cumulative counts per revision, now."""
+
+    def set_share(self, percent: int) -> None:
+        """Give the canary ``percent`` of the traffic (1..100), once it takes effect."""
+
+    def promote(self) -> None:
+        """Give the canary all traffic for good (aliases follow)."""
+
+    def rollback(self) -> None:
+        """Give the stable revision all traffic (aliases follow)."""
+
+    def record(self, outcome: dict[str, Any]) -> None:
+        """Record the outcome on the InferenceService."""
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """The steps and the bounds of one rollout.
+
+    Attributes:
+        steps: Canary shares in percent, increasing, each 1..100.
+        interval_s: Seconds of traffic judged per window.
+        thresholds: The signal bounds (``min_requests`` and ``max_holds`` included).
+    """
+
+    steps: tuple[int, ...] = (10, 25, 50, 100)
+    interval_s: float = 30.0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        """Refuse steps that are empty, out of 1..100 or not increasing, and a bad interval."""
+        if not self.steps:
+            raise ValueError("steps is empty: give canary shares such as 10,50,100")
+        if any(not 1 <= s <= 100 for s in self.steps):
+            raise ValueError(f"steps {list(self.steps)}: every share must be within 1..100")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError(f"steps {list(self.steps)}: shares must increase")
+        if not self.interval_s > 0:
+            raise ValueError(f"interval {self.interval_s}: must be more than 0 seconds")
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """``"10,50,100"`` -> ``(10, 50, 100)``.
+
+    Raises:
+        ValueError: When a part is not a whole number.
+    """
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise ValueError(f"steps {text!r}: expected whole percents such as 10,50,100") from err
+
+
+@dataclass
+class StepRecord:
+    """One judged window.
+
+    Attributes:
+        step: The canary share during the window.
+        attempt: 1 for the first window at this share, more after holds.
+        verdict: The judge's verdict.
+        resets: Revisions whose counters restarted inside the window.
+        at: When the window ended (UTC, ISO 8601).
+    """
+
+    step: int
+    attempt: int
+    verdict: Verdict
+    resets: list[str]
+    at: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON log line of this step."""
+        return {
+            "ts": self.at,
+            "event": "rollout-step",
+            "step": self.step,
+            "attempt": self.attempt,
+            "decision": self.verdict.decision,
+            "canary_requests": self.verdict.canary_requests,
+            "stable_requests": self.verdict.stable_requests,
+            "failing": self.verdict.failing,
+            "reason": self.verdict.reason,
+            "signals": [asdict(s) for s in self.verdict.signals],
+            "resets": self.resets,
+        }
+
+    def line(self) -> str:
+        """One human line: the figures and the decision."""
+        figures = "  ".join(
+            f"{s.name}={_short(s.value)}{'!' if s.passed is False else ''}"
+            for s in self.verdict.signals
+        )
+        reset = f"  (counters restarted: {', '.join(self.resets)})" if self.resets else ""
+        return (
+            f"step {self.step:>3}% #{self.attempt}  canary {self.verdict.canary_requests:.0f} req  "
+            f"stable {self.verdict.stable_requests:.0f} req  {figures}  -> "
+            f"{self.verdict.decision}{reset}"
+        )
+
+
+def _short(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@dataclass
+class RolloutResult:
+    """What a rollout did.
+
+    Attributes:
+        outcome: ``promoted`` or ``rolled-back`` (``error`` when it stopped on an error).
+        reason: Why, in one line.
+        pair: The revisions compared.
+        steps: Every judged window.
+        exit_code: 0 promoted, 3 rolled back, 1 error.
+    """
+
+    outcome: str
+    reason: str
+    pair: CanaryPair
+    steps: list[StepRecord]
+    exit_code: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The outcome as recorded on the InferenceService and in the JSON log."""
+        return {
+            "ts": datetime.now(UTC).isoformat(timespec="seconds"),
+            "event": "rollout-outcome",
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "stable_version": self.pair.stable_version,
+            "canary_version": self.pair.canary_version,
+            "steps": len(self.steps),
+            "last_step": self.steps[-1].step if self.steps else None,
+        }
+
+
+def run_rollout(
+    target: RolloutTarget,
+    plan: RolloutPlan,
+    emit: Callable[[StepRecord], None] = lambda _: None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RolloutResult:
+    """Step the canary through ``plan.steps``, judging each window; promote or roll back.
+
+    At each step the canary gets its share, the loop waits ``interval_s`` and judges the
+    window. ``hold`` (too few canary requests) waits another interval at the same share, at
+    most ``max_holds`` times, then rolls back ("not enough traffic": an unverified canary is
+    never promoted). A step where the stable revision took too few requests to compare with
+    (at 100%) is judged against the last stable window that had enough.
+
+    Args:
+        target: Where the revisions run.
+        plan: Steps, interval, thresholds.
+        emit: Called with each judged window (prints it, logs it).
+        sleep: ``time.sleep`` (tests pass their own).
+
+    Returns:
+        The result; the target holds the promoted or rolled-back InferenceService.
+
+    Raises:
+        LookupError: When no canary is deployed (nothing was changed).
+        RolloutAborted: When a step failed (the target's error); the canary was rolled back,
+            or the message says the rollback failed too.
+    """
+    pair = target.pair()
+    reference = target.reference(pair)
+    target.read_metrics()  # the server answers, before any share changes
+    records: list[StepRecord] = []
+    try:
+        outcome, reason = _steps(target, plan, pair, reference, records, emit, sleep)
+    except KeyboardInterrupt:
+        target.rollback()  # Ctrl-C: the canary must not stay half rolled out
+        raise
+    except Exception as err:
+        try:
+            target.rollback()
+        except Exception as second:
+            raise RolloutAborted(
+                f"the rollout stopped ({err}) and the rollback failed too ({second}): the "
+                "canary may still take traffic; run `mlops rollback`"
+            ) from err
+        raise RolloutAborted(
+            f"the rollout stopped ({err}); the canary was rolled back to the stable revision"
+        ) from err
+    return _finish(target, pair, records, outcome, reason)
+
+
+class RolloutAborted(RuntimeError):
+    """The rollout stopped on an error; the message says whether the rollback happened."""
+
+
+def _steps(
+    target: RolloutTarget,
+    plan: RolloutPlan,
+    pair: CanaryPair,
+    reference: dict[str, list[float]],
+    records: list[StepRecord],
+    emit: Callable[[StepRecord], None],
+    sleep: Callable[[float], None],
+) -> tuple[str, str]:
+    """Run the steps; ``(outcome, reason)``, without promoting or rolling back yet."""
+    baseline: RevisionCounts | None = None
+    thresholds = plan.thresholds
+    for step in plan.steps:
+        target.set_share(step)
+        before = target.read_metrics()
+        for attempt in range(1, thresholds.max_holds + 2):
+            sleep(plan.interval_s)
+            after = target.read_metrics()
+            counts = window(before, after)
+            before = after
+            stable = counts.get(pair.stable)
+            if stable.requests >= thresholds.min_requests:
+                baseline = stable
+            elif baseline is not None:
+                stable = _with_service_counts(baseline, stable)
+            verdict = judge(stable, counts.get(pair.canary), reference, thresholds)
+            record = StepRecord(step, attempt, verdict, counts.resets, _now())
+            records.append(record)
+            emit(record)
+            if verdict.decision == ROLLBACK:
+                return ROLLED_BACK, verdict.reason
+            if verdict.decision != HOLD:
+                break
+        else:
+            return ROLLED_BACK, (
+                f"not enough traffic: fewer than {thresholds.min_requests} canary requests "
+                f"in each of {thresholds.max_holds + 1} windows of {plan.interval_s:g} s "
+                f"at {step}%"
+            )
+    return PROMOTED, "every signal within bounds at every step"
+
+
+def _with_service_counts(baseline: RevisionCounts, current: RevisionCounts) -> RevisionCounts:
+    """The last good stable window, for comparison when the stable now takes (almost) nothing."""
+    return baseline if current.requests < baseline.requests else current
+
+
+def _finish(
+    target: RolloutTarget,
+    pair: CanaryPair,
+    records: list[StepRecord],
+    outcome: str,
+    reason: str,
+) -> RolloutResult:
+    if outcome == PROMOTED:
+        target.promote()
+        code = EXIT_PROMOTED
+    else:
+        target.rollback()
+        code = EXIT_ROLLED_BACK
+    result = RolloutResult(outcome, reason, pair, records, code)
+    target.record(result.as_json())
+    return result
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def tag_version(
+    tracking_uri: str, model_name: str, store_version: str, result: RolloutResult
+) -> bool:
+    """Tag the canary's MLflow model version with the outcome; ``False`` if not registered."""
+    from mlops import registry
+
+    return registry.tag_version(
+        tracking_uri,
+        model_name,
+        store_version,
+        {
+            "rollout.outcome": result.outcome,
+            "rollout.reason": result.reason[:500],
+            "rollout.steps": ",".join(f"{r.step}:{r.verdict.decision}" for r in result.steps),
+            "rollout.stable_version": result.pair.stable_version,
+            "rollout.at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+
+
+class LocalTarget:
+    """The local InferenceService state and the ``mlops serve`` that follows it."""
+
+    def __init__(
+        self,
+        name: str,
+        state_dir: Path,
+        metrics: Callable[[], str],
+        tracking_uri: str | None,
+        settle_s: float = 10.0,
+    ) -> None:
+        """Drive ``name`` under ``state_dir``.
+
+        Args:
+            name: The InferenceService name.
+            state_dir: The local state directory.
+            metrics: Returns the server's ``/metrics`` text.
+            tracking_uri: MLflow, for the aliases after promote/rollback (``None``: skip).
+            settle_s: How long the server may take to route by a new share (it polls the
+                state file every 0.5 s by default).
+        """
+        self.name = name
+        self.state_dir = state_dir
+        self._metrics = metrics
+        self.tracking_uri = tracking_uri
+        self.settle_s = settle_s
+        self._canary = ""
+
+    def _isvc(self) -> dict[str, Any]:
+        from serving import local_controller
+
+        return dict(local_controller.read_state(self.name, self.state_dir)["inferenceService"])
+
+    def pair(self) -> CanaryPair:  # noqa: D102
+        from serving import local_controller
+
+        state = local_controller.read_state(self.name, self.state_dir)
+        pair = canary_pair(state["inferenceService"], state["revisions"])
+        # At 100% the stable revision leaves the traffic status: remember who the canary is.
+        self._canary = pair.canary
+        return pair
+
+    def reference(self, pair: CanaryPair) -> dict[str, list[float]]:  # noqa: D102
+        from mlops.store import open_store, split_version_uri
+        from serving import local_controller
+        from serving.canary_analysis import reference_fractions
+
+        state = local_controller.read_state(self.name, self.state_dir)
+        uri = state["revisions"][pair.canary]["storageUri"]
+        root, model, version = split_version_uri(uri)
+        return reference_fractions(open_store(root).read_metadata(model, version))
+
+    def read_metrics(self) -> Snapshot:  # noqa: D102
+        from serving.canary_analysis import parse_exposition
+
+        return parse_exposition(self._metrics(), self.name)
+
+    def set_share(self, percent: int) -> None:  # noqa: D102
+        from serving import local_controller
+
+        # No alias moves here: champion stays on the stable revision until the promote.
+        canary = self._canary or self.pair().canary
+        local_controller.set_canary_percent(self.name, percent, self.state_dir)
+        # The server polls the state file: the window starts once it routes by the new share.
+        deadline = time.monotonic() + self.settle_s
+        while served_percent(self._metrics(), self.name, canary) != percent:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server did not route {percent}% to {canary} within {self.settle_s:g} s "
+                    "of the change: is `mlops serve` following this state directory?"
+                )
+            time.sleep(0.1)
+
+    def promote(self) -> None:  # noqa: D102
+        self._final(None)
+
+    def rollback(self) -> None:  # noqa: D102
+        self._final(0)
+
+    def _final(self, percent: int | None) -> None:
+        from serving.deploy import set_canary_traffic
+
+        set_canary_traffic(
+            self.name, percent, "local", state_dir=self.state_dir, tracking_uri=self.tracking_uri
+        )
+
+    def record(self, outcome: dict[str, Any]) -> None:  # noqa: D102
+        from serving import local_controller
+
+        local_controller.annotate(
+            self.name, OUTCOME_ANNOTATION, json.dumps(outcome, sort_keys=True), self.state_dir
+        )
+
+
+def served_percent(metrics_text: str, model: str, revision: str) -> int | None:
+    """The share the server routes to ``revision`` (``mlops_revision_traffic_percent``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "mlops_revision_traffic_percent":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") == model and sample.labels.get("revision") == revision:
+                return int(sample.value)
+    return None
+
+
+def canary_pair(isvc: dict[str, Any], revisions: dict[str, Any] | None = None) -> CanaryPair:
+    """The ``prev`` and ``latest`` revisions of an InferenceService's traffic status.
+
+    Args:
+        isvc: The InferenceService with its status.
+        revisions: Model version per revision name (``{"modelVersion": ...}`` entries, as the
+            local state keeps them); without it the traffic targets' tags name the versions.
+
+    Raises:
+        LookupError: When there is no canary: one revision serves everything.
+    """
+    predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
+    traffic: Sequence[dict[str, Any]] = predictor.get("traffic", [])
+    latest = next((t for t in traffic if t.get("latestRevision")), None)
+    prev = next((t for t in traffic if not t.get("latestRevision")), None)
+    if latest is None or prev is None or latest["revisionName"] == prev["revisionName"]:
+        raise LookupError(
+            f"InferenceService {isvc['metadata']['name']!r} has no canary: one revision serves "
+            "all traffic. Deploy one first (`mlops deploy VERSION --canary-percent 10`, or "
+            "`mlops run`)"
+        )
+    known = revisions or {}
+
+    def version(name: str) -> str:
+        return str(known.get(name, {}).get("modelVersion", ""))
+
+    return CanaryPair(
+        stable=prev["revisionName"],
+        stable_version=version(prev["revisionName"]),
+        canary=latest["revisionName"],
+        canary_version=version(latest["revisionName"]),
+    )
