@@ -185,6 +185,8 @@ class CanaryRouter(Model):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._random = random.Random()
+        # Forked workers (mlops serve --workers) would otherwise all draw the same sequence.
+        os.register_at_fork(after_in_child=self._random.seed)
 
     def load(self) -> bool:
         """Read the state and load every revision that takes traffic.

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,11 +31,14 @@ from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
@@ -41,6 +46,12 @@ from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_
 from serving.observability import ObservabilityMiddleware, configure_request_log
 from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
 from serving.runtime import CanaryRouter, RevisionUnavailable
+from serving.workers import (
+    MAX_WORKERS,
+    listening_socket,
+    multiprocess_metrics,
+    serve_forked,
+)
 
 DEFAULT_PORT = 8080
 # About 14,000 rows of 30 features as JSON; a larger batch should be split.
@@ -61,6 +72,7 @@ class ServerSettings:
         auth_token: Bearer token every request but the health probes must carry; None for none.
         allow_unauthenticated: Listen on a non-loopback ``host`` without a token.
         limits: Header size, read deadlines and the connection cap.
+        workers: Processes serving the port (``serving.workers``); 1 serves from this one.
     """
 
     name: str
@@ -72,8 +84,11 @@ class ServerSettings:
     auth_token: str | None = field(default=None, repr=False)
     allow_unauthenticated: bool = False
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be within 1..{MAX_WORKERS}, got {self.workers}")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be within 1..65535, got {self.port}")
         if not 0 < self.poll_interval_s <= 60:
@@ -121,8 +136,13 @@ class LocalModelServer(ModelServer):
         self.limits = limits
         self.dataplane = LocalDataPlane(model_registry=self.registered_models)
 
-    def start(self, models: list[Any]) -> None:
-        """Register ``models`` and serve until SIGINT/SIGTERM (KServe's single-worker path)."""
+    def start(self, models: list[Any], sockets: list[socket.socket] | None = None) -> None:
+        """Register ``models`` and serve until SIGINT/SIGTERM (KServe's single-worker path).
+
+        Args:
+            models: The models to serve.
+            sockets: Listening sockets to accept from (a forked worker's); None binds the port.
+        """
         self._register_and_check_atleast_one_model_is_ready(models)
         rest = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
@@ -138,7 +158,7 @@ class LocalModelServer(ModelServer):
         # uvicorn's own protocol (httptools) with the bounds it lacks; see serving.limits.
         rest.config.http = bounded_protocol(self.limits)
         self._rest_server = rest
-        self.servers.append(rest.start())
+        self.servers.append(rest.start() if sockets is None else _serve_on(rest, sockets))
         # KServe hands `event_loop` to uvicorn's config but then starts with asyncio.run, which
         # ignores it (and configures a loop it does not run on): run on the loop uvicorn would
         # pick (uvloop when installed) and configure that one.
@@ -147,6 +167,14 @@ class LocalModelServer(ModelServer):
             self.setup_event_loop()
             self.register_signal_handler()
             runner.run(self._serve())
+
+
+async def _serve_on(rest: RESTServer, sockets: list[socket.socket]) -> None:
+    """``RESTServer.start`` on sockets already listening (``RESTServer.start`` binds its own)."""
+    import uvicorn
+
+    rest.create_application()
+    await uvicorn.Server(rest.config).serve(sockets=sockets)
 
 
 class ServingCollector(Collector):
@@ -206,6 +234,22 @@ _REPOSITORY_REFUSED = (
 )
 
 
+def _metrics_of_every_worker(router: CanaryRouter) -> Any:
+    """A ``/metrics`` handler adding up every worker's counters and histograms.
+
+    The counters come from the workers' files (``MultiProcessCollector``); the gauges of
+    ``ServingCollector`` are computed by the worker that answers, so each appears once.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry)
+    registry.register(ServingCollector(router))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
 async def _no_repository(request: Request) -> JSONResponse:
     return JSONResponse({"error": _REPOSITORY_REFUSED}, status_code=404)
 
@@ -239,6 +283,13 @@ def install(
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         include_in_schema=False,
     )
+    if multiprocess_metrics():
+        # Before KServe's own /metrics, which would show only the answering worker's figures.
+        app.add_api_route(
+            "/metrics", _metrics_of_every_worker(router), methods=["GET"], include_in_schema=False
+        )
+    else:
+        REGISTRY.register(ServingCollector(router))
     app.include_router(V2Routes(router, dataplane).api_router())
     # The last added runs first: requests are logged and counted, then authenticated.
     if is_loopback(host):
@@ -252,7 +303,6 @@ def install(
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RevisionUnavailable, revision_unavailable_handler)
-    REGISTRY.register(ServingCollector(router))
 
 
 def _configure_logging() -> None:
@@ -271,9 +321,40 @@ def _configure_logging() -> None:
     ours.propagate = False
     if not ours.handlers:
         ours.handlers = list(kserve_logger.handlers)
-    configure_request_log()
+    configure_request_log(_line_writer(sys.stdout))
     # KServe's v1 route still returns ORJSONResponse, which FastAPI now warns about per process.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+
+class LineWriter:
+    """A text stream writing each ``write`` in one system call, unbuffered.
+
+    The request log's handler writes a line and its newline in one ``write``: several worker
+    processes on the same stdout then never interleave their lines (a pipe write of up to
+    PIPE_BUF bytes is atomic, and Linux appends each write to a shared file as a whole).
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Write to file descriptor ``fd``."""
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        """Write ``text`` at once (retrying only the rest of a partial write)."""
+        data = memoryview(text.encode())
+        while data:
+            data = data[os.write(self.fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+def _line_writer(stream: Any) -> Any:
+    """``stream`` as a ``LineWriter`` when it is a real file, else ``stream`` itself."""
+    try:
+        return LineWriter(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return stream
 
 
 def _check_port(host: str, port: int) -> None:
@@ -331,7 +412,15 @@ def run_server(settings: ServerSettings) -> None:
     """
     import kserve.model_server
 
-    _check_port(settings.host, settings.port)
+    if settings.workers > 1 and not multiprocess_metrics():
+        raise RuntimeError(
+            "several workers need prometheus_client's multiprocess mode, set before it is "
+            "imported (serving.workers.use_private_metrics_dir)"
+        )
+    # Several workers accept from one socket bound here; one worker lets uvicorn bind.
+    sock = listening_socket(settings.host, settings.port) if settings.workers > 1 else None
+    if sock is None:
+        _check_port(settings.host, settings.port)
     _configure_logging()
     limits = fit_to_open_file_limit(settings.limits)
     router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)
@@ -363,7 +452,10 @@ def run_server(settings: ServerSettings) -> None:
     gc.freeze()
     recorded = _record_server(settings)
     try:
-        server.start([router])
+        if sock is None:
+            server.start([router])
+        elif serve_forked(settings.workers, lambda: server.start([router], sockets=[sock])):
+            raise RuntimeError("a worker of the server failed at start: see the log above")
     finally:
         if recorded:
             local_controller.forget_server(settings.name, settings.url, settings.state_dir)
