@@ -454,7 +454,7 @@ def run_server(settings: ServerSettings) -> None:
     try:
         if sock is None:
             server.start([router])
-        elif serve_forked(settings.workers, lambda: server.start([router], sockets=[sock])):
+        elif serve_forked(settings.workers, lambda: server.start([router], sockets=[sock]), sock):
             raise RuntimeError("a worker of the server failed at start: see the log above")
     finally:
         if recorded:

@@ -92,7 +92,7 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
-def serve_forked(count: int, run_worker: Callable[[], None]) -> int:
+def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.socket) -> int:
     """Fork ``count`` workers running ``run_worker`` and supervise them until they all stop.
 
     SIGTERM or SIGINT to this process is passed on to every worker as SIGTERM (each drains
@@ -102,6 +102,9 @@ def serve_forked(count: int, run_worker: Callable[[], None]) -> int:
     Args:
         count: Number of workers.
         run_worker: Serves until SIGTERM; runs in each forked child, which then exits.
+        listener: The socket the workers accept from. Shut down here on the stop signal, so
+            new connections are refused at once rather than queued for workers that no longer
+            accept them (and reset when the last one exits).
 
     Returns:
         0 when stopped by a signal, 1 when a worker failed at start.
@@ -130,6 +133,13 @@ def serve_forked(count: int, run_worker: Callable[[], None]) -> int:
     def stop_all(signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         nonlocal stopping
         stopping = True
+        # The socket is shared: closing this process's descriptor alone would leave it
+        # listening until the last worker closes its own. Shutting it down stops it for all.
+        try:
+            listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already shut down
+        listener.close()
         for pid in started:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -139,7 +149,12 @@ def serve_forked(count: int, run_worker: Callable[[], None]) -> int:
     for _ in range(count):
         fork_worker()
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
-    logger.info("serving from %d worker processes: %s", count, sorted(started))
+    logger.info(
+        "serving from %d worker processes %s; their metrics in %s",
+        count,
+        sorted(started),
+        os.environ.get(_METRICS_ENV),
+    )
     try:
         while started:
             pid, status = os.wait()

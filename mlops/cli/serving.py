@@ -99,7 +99,8 @@ def _server_url(url: str | None, name: str) -> str:
     default=1000,
     show_default=True,
     type=int,
-    help="Open connections; above it the one waiting longest for its client is closed.",
+    help="Open connections per worker process; above it the one waiting longest for its "
+    "client is closed.",
 )
 @click.option(
     "--workers",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -166,6 +167,9 @@ def test_promote_then_rollback_under_concurrent_clients_fail_no_request_in_any_w
     assert server.process.returncode == 0
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
     assert "server" not in mlops_state(home)
+    # The private metrics directory went with the server.
+    metrics_dir = re.search(r"their metrics in (\S+)", server.errors.read_text())
+    assert metrics_dir and not Path(metrics_dir.group(1)).exists()
 
 
 def mlops_state(home: Path) -> dict[str, object]:
