@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,12 @@ from starlette.responses import Response
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
-from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_limit
+from serving.limits import (
+    ConnectionLimits,
+    ConnectionShares,
+    bounded_protocol,
+    fit_to_open_file_limit,
+)
 from serving.observability import ObservabilityMiddleware, configure_request_log
 from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
 from serving.runtime import CanaryRouter, RevisionUnavailable
@@ -129,11 +134,25 @@ class LocalDataPlane(DataPlane):
 class LocalModelServer(ModelServer):
     """KServe's ModelServer, REST only, bound to ``host`` instead of every interface."""
 
-    def __init__(self, host: str, limits: ConnectionLimits, **kwargs: Any) -> None:
-        """Create the server; ``kwargs`` go to ``kserve.ModelServer``."""
+    def __init__(
+        self,
+        host: str,
+        limits: ConnectionLimits,
+        shares: ConnectionShares | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create the server; ``kwargs`` go to ``kserve.ModelServer``.
+
+        Args:
+            host: Address to bind.
+            limits: Bounds on client connections.
+            shares: The workers' open connections (several workers), to spread them evenly.
+            **kwargs: For ``kserve.ModelServer``.
+        """
         super().__init__(**kwargs)
         self.host = host
         self.limits = limits
+        self.shares = shares
         self.dataplane = LocalDataPlane(model_registry=self.registered_models)
 
     def start(self, models: list[Any], sockets: list[socket.socket] | None = None) -> None:
@@ -156,7 +175,7 @@ class LocalModelServer(ModelServer):
         # RESTServer hard-codes 0.0.0.0; uvicorn reads the host only when it binds.
         rest.config.host = self.host
         # uvicorn's own protocol (httptools) with the bounds it lacks; see serving.limits.
-        rest.config.http = bounded_protocol(self.limits)
+        rest.config.http = bounded_protocol(self.limits, self.shares)
         self._rest_server = rest
         self.servers.append(rest.start() if sockets is None else _serve_on(rest, sockets))
         # KServe hands `event_loop` to uvicorn's config but then starts with asyncio.run, which
@@ -399,6 +418,19 @@ def _record_server(settings: ServerSettings) -> bool:
     return True
 
 
+def _worker(
+    server: LocalModelServer, router: CanaryRouter, sock: socket.socket
+) -> Callable[[int], None]:
+    """What each forked worker runs: serve from ``sock`` as worker ``slot``."""
+
+    def serve(slot: int) -> None:
+        if server.shares is not None:
+            server.shares.reset(slot)
+        server.start([router], sockets=[sock])
+
+    return serve
+
+
 def run_server(settings: ServerSettings) -> None:
     """Serve ``settings.name`` from the local state until interrupted.
 
@@ -430,9 +462,11 @@ def run_server(settings: ServerSettings) -> None:
         conditions = isvc.get("status", {}).get("conditions", [])
         why = "; ".join(c.get("message", "") for c in conditions if c.get("message"))
         raise RuntimeError(f"no revision of {settings.name!r} could be loaded: {why or 'unknown'}")
+    shares = ConnectionShares(settings.workers) if sock is not None else None
     server = LocalModelServer(
         settings.host,
         limits,
+        shares,
         http_port=settings.port,
         enable_grpc=False,
         enable_latency_logging=False,
@@ -454,7 +488,7 @@ def run_server(settings: ServerSettings) -> None:
     try:
         if sock is None:
             server.start([router])
-        elif serve_forked(settings.workers, lambda: server.start([router], sockets=[sock]), sock):
+        elif serve_forked(settings.workers, _worker(server, router, sock), sock):
             raise RuntimeError("a worker of the server failed at start: see the log above")
     finally:
         if recorded:

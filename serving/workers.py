@@ -92,7 +92,7 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
-def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.socket) -> int:
+def serve_forked(count: int, run_worker: Callable[[int], None], listener: socket.socket) -> int:
     """Fork ``count`` workers running ``run_worker`` and supervise them until they all stop.
 
     SIGTERM or SIGINT to this process is passed on to every worker as SIGTERM (each drains
@@ -101,7 +101,8 @@ def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.so
 
     Args:
         count: Number of workers.
-        run_worker: Serves until SIGTERM; runs in each forked child, which then exits.
+        run_worker: Serves until SIGTERM; runs in each forked child, which then exits, with
+            the worker's slot (0 to ``count - 1``; a replacement takes the dead one's).
         listener: The socket the workers accept from. Shut down here on the stop signal, so
             new connections are refused at once rather than queued for workers that no longer
             accept them (and reset when the last one exits).
@@ -111,24 +112,24 @@ def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.so
     """
     from prometheus_client import multiprocess
 
-    started: dict[int, float] = {}
+    started: dict[int, tuple[float, int]] = {}
     stopping = False
     failed = False
 
-    def fork_worker() -> None:
+    def fork_worker(slot: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the caller's code
             code = 1
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                run_worker()
+                run_worker(slot)
                 code = 0
             except BaseException:
                 logger.exception("worker %d failed", os.getpid())
             finally:
                 os._exit(code)
-        started[pid] = time.monotonic()
+        started[pid] = (time.monotonic(), slot)
 
     def stop_all(signum: int = signal.SIGTERM, frame: FrameType | None = None) -> None:
         nonlocal stopping
@@ -146,8 +147,12 @@ def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.so
             except ProcessLookupError:
                 pass
 
-    for _ in range(count):
-        fork_worker()
+    # libuv (uvloop) accepts every pending connection at each wake-up: the first worker to
+    # wake took 6 of wrk's 8 connections, and keep-alive kept them there. With single accept
+    # it yields after each, and the workers share the connections about evenly.
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
+    for slot in range(count):
+        fork_worker(slot)
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info(
         "serving from %d worker processes %s; their metrics in %s",
@@ -158,9 +163,10 @@ def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.so
     try:
         while started:
             pid, status = os.wait()
-            began = started.pop(pid, None)
-            if began is None:
+            worker = started.pop(pid, None)
+            if worker is None:
                 continue
+            began, slot = worker
             multiprocess.mark_process_dead(pid)
             code = os.waitstatus_to_exitcode(status)
             if stopping:
@@ -171,7 +177,7 @@ def serve_forked(count: int, run_worker: Callable[[], None], listener: socket.so
                 stop_all()
                 continue
             logger.warning("worker %d exited (%d); starting another", pid, code)
-            fork_worker()
+            fork_worker(slot)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
