@@ -189,6 +189,57 @@ def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(
         assert httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 200
 
 
+def connections_per_worker(server: ServerProcess) -> list[int]:
+    """Established connections to the server's port held by each worker, from /proc."""
+    port = int(server.url.rsplit(":", 1)[1])
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = []
+    for pid in sorted(worker_pids(server)):
+        fds = Path(f"/proc/{pid}/fd")
+        counts.append(sum(1 for fd in fds.iterdir() if os.readlink(fd) in inodes))
+    return counts
+
+
+def test_keep_alive_connections_are_spread_evenly_over_the_workers(
+    served: tuple[ServerProcess, Path], breast_cancer: pd.DataFrame
+) -> None:
+    server, _ = served
+    url = f"{server.url}/v2/models/{NAME}/infer"
+    body = v2_body(breast_cancer.drop(columns=["target"]).to_numpy(dtype=float)[:2])
+    clients = [httpx.Client(timeout=30) for _ in range(4 * WORKERS)]
+    barrier = threading.Barrier(len(clients))
+
+    def use(client: httpx.Client) -> None:
+        barrier.wait()  # all connect at once: one worker would take most of them
+        for _ in range(30):
+            assert client.post(url, json=body).status_code == 200
+
+    threads = [threading.Thread(target=use, args=(client,)) for client in clients]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # The clients keep going, one request each in turn: a worker over its share closes
+        # one of its connections, which opens again wherever the kernel hands it.
+        counts = connections_per_worker(server)
+        for _ in range(20):
+            if counts == [4] * WORKERS:
+                break
+            for client in clients:
+                assert client.post(url, json=body).status_code == 200
+            counts = connections_per_worker(server)
+        assert counts == [4] * WORKERS
+    finally:
+        for client in clients:
+            client.close()
+
+
 def test_workers_out_of_range_is_one_clear_error(tmp_path: Path) -> None:
     result = mlops(tmp_path / ".mlops", "serve", "--workers", "0")
     assert result.returncode == 2
