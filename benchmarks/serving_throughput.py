@@ -56,13 +56,17 @@ async def _connection(
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
-            length = 0
+            length, close = 0, False
             for line in head.split(b"\r\n")[1:]:
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
+                close = close or line.lower() == b"connection: close"
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)
             errors += status != 200
+            if close:  # the server spreads connections over its workers: connect again
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
     finally:
         writer.close()
     return errors
