@@ -185,8 +185,6 @@ class CanaryRouter(Model):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._random = random.Random()
-        # Forked workers (mlops serve --workers) would otherwise all draw the same sequence.
-        os.register_at_fork(after_in_child=self._random.seed)
 
     def load(self) -> bool:
         """Read the state and load every revision that takes traffic.
@@ -199,6 +197,8 @@ class CanaryRouter(Model):
 
     def start(self) -> None:
         """Start watching the state file (KServe's ModelServer calls this on registration)."""
+        # Each worker process (mlops serve --workers) starts its router: its own draws.
+        self._random.seed()
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._watch, name=f"{self.name}-state-watcher", daemon=True
