@@ -2,10 +2,12 @@
 
 Both serve the same ``model.joblib`` on loopback under the same load, taking turns: v2 JSON
 requests of 1 row and of 1000 rows, from a fixed number of keep-alive connections for a fixed
-duration, repeated; the table has the medians. The load generator is a separate process (this
-script with ``--loadgen``) speaking minimal HTTP/1.1 over asyncio streams, so the client costs
-little next to the servers. MLServer is what KServe picks for sklearn with protocol v2 when no
-runtime is named.
+duration, repeated; the table has the medians. Two load generators drive them in turn: `wrk`
+(``benchmarks/wrk_load.py``; one thread, installed with apt-get when missing) and this
+script's own (``--loadgen``: a separate process speaking minimal HTTP/1.1 over asyncio
+streams). `mlops serve` runs ``--workers N`` processes and MLServer ``parallel_workers: N``
+inference processes (N: ``--workers``, the number of CPUs by default). MLServer is what KServe
+picks for sklearn with protocol v2 when no runtime is named.
 
     .venv/bin/python benchmarks/serving_throughput.py [--duration 5] [--repeat 3] [--concurrency 8]
 
@@ -32,6 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.wrk_load import ensure_wrk, run_wrk  # noqa: E402
+
 NAME = "breast-cancer"
 # uvloop 0.22+ refuses asyncio.get_event_loop() without a running loop, which MLServer 1.7.1's
 # inference workers call at start: they die and the server exits.
@@ -52,13 +56,17 @@ async def _connection(
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
-            length = 0
+            length, close = 0, False
             for line in head.split(b"\r\n")[1:]:
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":", 1)[1])
+                close = close or line.lower() == b"connection: close"
             await reader.readexactly(length)
             latencies.append(time.perf_counter() - start)
             errors += status != 200
+            if close:  # the server spreads connections over its workers: connect again
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
     finally:
         writer.close()
     return errors
@@ -152,13 +160,14 @@ def mlserver_venv(home: Path) -> Path:
     return script
 
 
-def start_local(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_local(home: Path, log: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "MLOPS_HOME": str(home)}
     mlops = str(Path(sys.executable).with_name("mlops"))
+    command = [mlops, "serve", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [mlops, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "--workers", str(workers)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -168,7 +177,9 @@ def start_local(home: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, url
 
 
-def start_mlserver(script: Path, model_file: Path, work: Path, log: Path) -> tuple[Any, str]:
+def start_mlserver(
+    script: Path, model_file: Path, work: Path, log: Path, workers: int
+) -> tuple[Any, str]:
     folder = work / "mlserver"
     folder.mkdir(exist_ok=True)
     shutil.copyfile(model_file, folder / "model.joblib")
@@ -178,6 +189,8 @@ def start_mlserver(script: Path, model_file: Path, work: Path, log: Path) -> tup
         "http_port": port,
         "grpc_port": free_port(),
         "metrics_port": free_port(),
+        # Inference processes behind MLServer's one HTTP process (its default is 1).
+        "parallel_workers": workers,
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     model_settings = {
@@ -256,6 +269,7 @@ def main(args: argparse.Namespace) -> None:
 
     state = Path(os.environ.get("MLOPS_HOME", ROOT / ".mlops")).resolve()
     script = mlserver_venv(state)
+    wrk = ensure_wrk()
     with tempfile.TemporaryDirectory(prefix="mlops-bench-") as tmp:
         work = Path(tmp)
         home = work / ".mlops"
@@ -275,24 +289,33 @@ def main(args: argparse.Namespace) -> None:
         try:
             # Both run at once, idle but for the one under load, and take turns: on a shared
             # machine a slow patch then hits both, not whichever happened to run during it.
-            processes["mlops serve"] = start_local(home, work / "local.log")
-            processes["MLServer"] = start_mlserver(script, model_file, work, work / "mlserver.log")
-            runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            processes["mlops serve"] = start_local(home, work / "local.log", args.workers)
+            processes["MLServer"] = start_mlserver(
+                script, model_file, work, work / "mlserver.log", args.workers
+            )
+            drivers = {
+                "wrk": lambda url, body_file: run_wrk(
+                    wrk, url, body_file, 1, args.concurrency, args.duration
+                ),
+                "own": lambda url, body_file: run_load(
+                    url, body_file, args.concurrency, args.duration
+                ),
+            }
+            runs: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
             for label, matrix in scenarios.items():
                 expected = model.predict(matrix).astype(int).tolist()
                 for _, url in processes.values():
                     check_same_answers(url, bodies[label].read_bytes(), expected)
                     run_load(f"{url}/v2/models/{NAME}/infer", bodies[label], args.concurrency, 2)
                 for repeat in range(args.repeat):
-                    for server, (_, url) in processes.items():
-                        figures = run_load(
-                            f"{url}/v2/models/{NAME}/infer",
-                            bodies[label],
-                            args.concurrency,
-                            args.duration,
-                        )
-                        runs.setdefault((server, label), []).append(figures)
-                        print(f"{server:12} {label:10} #{repeat + 1} {figures}", file=sys.stderr)
+                    for driver, drive in drivers.items():
+                        for server, (_, url) in processes.items():
+                            figures = drive(f"{url}/v2/models/{NAME}/infer", bodies[label])
+                            runs.setdefault((driver, label, server), []).append(figures)
+                            print(
+                                f"{driver:4} {server:12} {label:10} #{repeat + 1} {figures}",
+                                file=sys.stderr,
+                            )
         finally:
             for process, _ in processes.values():
                 stop(process)
@@ -308,27 +331,35 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(
-    results: dict[tuple[str, str], dict[str, Any]], floors: dict[str, float], args: Any
+    results: dict[tuple[str, str, str], dict[str, Any]], floors: dict[str, float], args: Any
 ) -> None:
     print(
-        f"\nconcurrency {args.concurrency}, {args.repeat} runs of {args.duration:g} s per server "
-        f"and request size, taking turns (medians), loopback, {os.cpu_count()} CPUs\n"
+        f"\n{args.concurrency} connections (wrk: 1 thread), {args.repeat} runs of "
+        f"{args.duration:g} s per driver, server and request size, taking turns (medians), "
+        f"loopback, {os.cpu_count()} CPUs; mlops serve --workers {args.workers}, MLServer "
+        f"parallel_workers {args.workers}\n"
     )
-    header = f"{'request':10} {'server':12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    header = (
+        f"{'driver':6} {'request':10} {'server':12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7}"
+    )
     print(header)
     print("-" * len(header))
-    for (server, label), r in results.items():
+    for (driver, label, server), r in results.items():
         print(
-            f"{label:10} {server:12} {r['throughput']:9.1f} {r['p50_ms']:8.2f} "
+            f"{driver:6} {label:10} {server:12} {r['throughput']:9.1f} {r['p50_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['errors']:7d}"
         )
     print()
-    for label, floor in floors.items():
-        ours, theirs = results[("mlops serve", label)], results[("MLServer", label)]
+    for driver, label, server in results:
+        if server != "mlops serve":
+            continue
+        ours, theirs = results[(driver, label, server)], results[(driver, label, "MLServer")]
         print(
-            f"{label:10} throughput mlops/MLServer {ours['throughput'] / theirs['throughput']:.2f}x"
-            f", p99 mlops/MLServer {ours['p99_ms'] / theirs['p99_ms']:.2f}x"
-            f", in-process model.predict floor {floor:.3f} ms"
+            f"{driver:6} {label:10} throughput mlops/MLServer "
+            f"{ours['throughput'] / theirs['throughput']:.2f}x, p99 mlops/MLServer "
+            f"{ours['p99_ms'] / theirs['p99_ms']:.2f}x, in-process model.predict floor "
+            f"{floors[label]:.3f} ms"
         )
 
 
@@ -337,6 +368,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per server, taking turns")
     parser.add_argument("--concurrency", type=int, default=8, help="open connections")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="mlops serve --workers and MLServer parallel_workers [default: the CPUs]",
+    )
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--body", help=argparse.SUPPRESS)

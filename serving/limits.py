@@ -14,7 +14,12 @@ away. ``bounded_protocol`` returns uvicorn's protocol with these bounds added:
   with a request is the new one refused (503). A slow client cannot hold a slot against a
   client that sends its request at once;
 * on shutdown, a keep-alive connection with a request on its way gets the answer (with
-  ``Connection: close``) instead of a reset; uvicorn closes idle connections at once.
+  ``Connection: close``) instead of a reset; uvicorn closes idle connections at once;
+* with several worker processes (``ConnectionShares``), a worker holding more than its share
+  of the open connections answers its next request with ``Connection: close``: the client
+  connects again and the connection lands where the kernel hands it, usually an idle worker.
+  Without this, keep-alive connections stay wherever they were first accepted (6 of 8 on one
+  of two workers).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +113,33 @@ def fit_to_open_file_limit(limits: ConnectionLimits) -> ConnectionLimits:
     return limits
 
 
+class ConnectionShares:
+    """Open connections per worker process, in memory shared by the workers of one server.
+
+    Each worker writes only its own slot (``slot``, set in the worker after the fork) and
+    reads the others', so no lock is needed; a figure a moment stale only delays a rebalance.
+    """
+
+    def __init__(self, workers: int) -> None:
+        """Make one zeroed slot per worker (before the workers are forked)."""
+        self.counts = multiprocessing.RawArray("q", workers)
+        self.slot = 0
+
+    def reset(self, slot: int) -> None:
+        """Make this process the worker of ``slot``, whose earlier holder (if any) is gone."""
+        self.slot = slot
+        self.counts[slot] = 0
+
+    def change(self, delta: int) -> None:
+        """Count a connection opened (+1) or closed (-1) by this worker."""
+        self.counts[self.slot] += delta
+
+    def over_share(self) -> bool:
+        """Whether this worker holds more than an even share of all open connections."""
+        counts = list(self.counts)
+        return counts[self.slot] > -(-sum(counts) // len(counts))
+
+
 class _HeadersTooLarge(Exception):
     """Raised inside a parser callback to stop parsing."""
 
@@ -123,6 +156,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with ``limits`` (set by ``bounded_protocol``)."""
 
     limits: ConnectionLimits = ConnectionLimits()
+    # Open connections of every worker, when there are several.
+    shares: ConnectionShares | None = None
     # Connections waiting for their client, oldest first (a dict keeps insertion order).
     waiting: dict[BoundedHttpToolsProtocol, None] = {}
     # One timer per server checks the deadlines, rather than a timer per request and phase.
@@ -137,6 +172,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._request_begun = False
         self._draining = False
+        self._counted = False
 
     # Connection cap and the waiting order.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -151,6 +187,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 return
             REJECTED.labels("evicted").inc()
             oldest._close()
+        if self.shares is not None:
+            self.shares.change(1)
+            self._counted = True
         self._wait_for_client()
         self._arm(self.limits.header_timeout_s, "header_timeout")
         if type(self).sweeper is None:
@@ -160,6 +199,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         """Forget the connection."""
         self._cancel()
         self.waiting.pop(self, None)
+        if self._counted and self.shares is not None:
+            self.shares.change(-1)
+            self._counted = False
         super().connection_lost(exc)
 
     def _wait_for_client(self) -> None:
@@ -236,7 +278,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._arm(self.limits.body_timeout_s, "body_timeout")
         super().on_headers_complete()
-        if self._draining:
+        if self._draining or (self.shares is not None and self.shares.over_share()):
             self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
@@ -284,10 +326,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._close()
 
 
-def bounded_protocol(limits: ConnectionLimits) -> type[BoundedHttpToolsProtocol]:
-    """Return uvicorn's httptools protocol bounded by ``limits`` (for ``Config(http=...)``)."""
+def bounded_protocol(
+    limits: ConnectionLimits, shares: ConnectionShares | None = None
+) -> type[BoundedHttpToolsProtocol]:
+    """Return uvicorn's httptools protocol bounded by ``limits`` (for ``Config(http=...)``).
+
+    Args:
+        limits: The bounds.
+        shares: The workers' connection counts, to spread keep-alive connections among them.
+    """
     return type(
         "BoundedHttpToolsProtocol",
         (BoundedHttpToolsProtocol,),
-        {"limits": limits, "waiting": {}, "sweeper": None},
+        {"limits": limits, "shares": shares, "waiting": {}, "sweeper": None},
     )

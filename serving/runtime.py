@@ -221,6 +221,8 @@ class CanaryRouter(Model):
 
     def start(self) -> None:
         """Start watching the state file (KServe's ModelServer calls this on registration)."""
+        # Each worker process (mlops serve --workers) starts its router: its own draws.
+        self._random.seed()
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._watch, name=f"{self.name}-state-watcher", daemon=True

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,19 +31,33 @@ from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
 from serving.form import mount_form, router_schema
-from serving.limits import ConnectionLimits, bounded_protocol, fit_to_open_file_limit
+from serving.limits import (
+    ConnectionLimits,
+    ConnectionShares,
+    bounded_protocol,
+    fit_to_open_file_limit,
+)
 from serving.observability import ObservabilityMiddleware, configure_request_log
 from serving.routes import V2Routes, revision_unavailable_handler, validation_error_handler
 from serving.runtime import CanaryRouter, RevisionUnavailable
+from serving.workers import (
+    MAX_WORKERS,
+    listening_socket,
+    multiprocess_metrics,
+    serve_forked,
+)
 
 DEFAULT_PORT = 8080
 # About 14,000 rows of 30 features as JSON; a larger batch should be split.
@@ -62,6 +78,7 @@ class ServerSettings:
         auth_token: Bearer token every request but the health probes must carry; None for none.
         allow_unauthenticated: Listen on a non-loopback ``host`` without a token.
         limits: Header size, read deadlines and the connection cap.
+        workers: Processes serving the port (``serving.workers``); 1 serves from this one.
     """
 
     name: str
@@ -73,8 +90,11 @@ class ServerSettings:
     auth_token: str | None = field(default=None, repr=False)
     allow_unauthenticated: bool = False
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    workers: int = 1
 
     def __post_init__(self) -> None:
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be within 1..{MAX_WORKERS}, got {self.workers}")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be within 1..65535, got {self.port}")
         if not 0 < self.poll_interval_s <= 60:
@@ -115,15 +135,34 @@ class LocalDataPlane(DataPlane):
 class LocalModelServer(ModelServer):
     """KServe's ModelServer, REST only, bound to ``host`` instead of every interface."""
 
-    def __init__(self, host: str, limits: ConnectionLimits, **kwargs: Any) -> None:
-        """Create the server; ``kwargs`` go to ``kserve.ModelServer``."""
+    def __init__(
+        self,
+        host: str,
+        limits: ConnectionLimits,
+        shares: ConnectionShares | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create the server; ``kwargs`` go to ``kserve.ModelServer``.
+
+        Args:
+            host: Address to bind.
+            limits: Bounds on client connections.
+            shares: The workers' open connections (several workers), to spread them evenly.
+            **kwargs: For ``kserve.ModelServer``.
+        """
         super().__init__(**kwargs)
         self.host = host
         self.limits = limits
+        self.shares = shares
         self.dataplane = LocalDataPlane(model_registry=self.registered_models)
 
-    def start(self, models: list[Any]) -> None:
-        """Register ``models`` and serve until SIGINT/SIGTERM (KServe's single-worker path)."""
+    def start(self, models: list[Any], sockets: list[socket.socket] | None = None) -> None:
+        """Register ``models`` and serve until SIGINT/SIGTERM (KServe's single-worker path).
+
+        Args:
+            models: The models to serve.
+            sockets: Listening sockets to accept from (a forked worker's); None binds the port.
+        """
         self._register_and_check_atleast_one_model_is_ready(models)
         rest = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
@@ -137,9 +176,9 @@ class LocalModelServer(ModelServer):
         # RESTServer hard-codes 0.0.0.0; uvicorn reads the host only when it binds.
         rest.config.host = self.host
         # uvicorn's own protocol (httptools) with the bounds it lacks; see serving.limits.
-        rest.config.http = bounded_protocol(self.limits)
+        rest.config.http = bounded_protocol(self.limits, self.shares)
         self._rest_server = rest
-        self.servers.append(rest.start())
+        self.servers.append(rest.start() if sockets is None else _serve_on(rest, sockets))
         # KServe hands `event_loop` to uvicorn's config but then starts with asyncio.run, which
         # ignores it (and configures a loop it does not run on): run on the loop uvicorn would
         # pick (uvloop when installed) and configure that one.
@@ -148,6 +187,14 @@ class LocalModelServer(ModelServer):
             self.setup_event_loop()
             self.register_signal_handler()
             runner.run(self._serve())
+
+
+async def _serve_on(rest: RESTServer, sockets: list[socket.socket]) -> None:
+    """``RESTServer.start`` on sockets already listening (``RESTServer.start`` binds its own)."""
+    import uvicorn
+
+    rest.create_application()
+    await uvicorn.Server(rest.config).serve(sockets=sockets)
 
 
 class ServingCollector(Collector):
@@ -207,6 +254,22 @@ _REPOSITORY_REFUSED = (
 )
 
 
+def _metrics_of_every_worker(router: CanaryRouter) -> Any:
+    """A ``/metrics`` handler adding up every worker's counters and histograms.
+
+    The counters come from the workers' files (``MultiProcessCollector``); the gauges of
+    ``ServingCollector`` are computed by the worker that answers, so each appears once.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry)
+    registry.register(ServingCollector(router))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
 async def _no_repository(request: Request) -> JSONResponse:
     return JSONResponse({"error": _REPOSITORY_REFUSED}, status_code=404)
 
@@ -240,6 +303,13 @@ def install(
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
         include_in_schema=False,
     )
+    if multiprocess_metrics():
+        # Before KServe's own /metrics, which would show only the answering worker's figures.
+        app.add_api_route(
+            "/metrics", _metrics_of_every_worker(router), methods=["GET"], include_in_schema=False
+        )
+    else:
+        REGISTRY.register(ServingCollector(router))
     app.include_router(V2Routes(router, dataplane).api_router())
     mount_form(app, lambda: router_schema(router))
     # The last added runs first: requests are logged and counted, then authenticated.
@@ -254,7 +324,6 @@ def install(
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(RevisionUnavailable, revision_unavailable_handler)
-    REGISTRY.register(ServingCollector(router))
 
 
 def _configure_logging() -> None:
@@ -273,9 +342,40 @@ def _configure_logging() -> None:
     ours.propagate = False
     if not ours.handlers:
         ours.handlers = list(kserve_logger.handlers)
-    configure_request_log()
+    configure_request_log(_line_writer(sys.stdout))
     # KServe's v1 route still returns ORJSONResponse, which FastAPI now warns about per process.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+
+
+class LineWriter:
+    """A text stream writing each ``write`` in one system call, unbuffered.
+
+    The request log's handler writes a line and its newline in one ``write``: several worker
+    processes on the same stdout then never interleave their lines (a pipe write of up to
+    PIPE_BUF bytes is atomic, and Linux appends each write to a shared file as a whole).
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Write to file descriptor ``fd``."""
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        """Write ``text`` at once (retrying only the rest of a partial write)."""
+        data = memoryview(text.encode())
+        while data:
+            data = data[os.write(self.fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+def _line_writer(stream: Any) -> Any:
+    """``stream`` as a ``LineWriter`` when it is a real file, else ``stream`` itself."""
+    try:
+        return LineWriter(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return stream
 
 
 def _check_port(host: str, port: int) -> None:
@@ -320,6 +420,19 @@ def _record_server(settings: ServerSettings) -> bool:
     return True
 
 
+def _worker(
+    server: LocalModelServer, router: CanaryRouter, sock: socket.socket
+) -> Callable[[int], None]:
+    """What each forked worker runs: serve from ``sock`` as worker ``slot``."""
+
+    def serve(slot: int) -> None:
+        if server.shares is not None:
+            server.shares.reset(slot)
+        server.start([router], sockets=[sock])
+
+    return serve
+
+
 def run_server(settings: ServerSettings) -> None:
     """Serve ``settings.name`` from the local state until interrupted.
 
@@ -333,7 +446,15 @@ def run_server(settings: ServerSettings) -> None:
     """
     import kserve.model_server
 
-    _check_port(settings.host, settings.port)
+    if settings.workers > 1 and not multiprocess_metrics():
+        raise RuntimeError(
+            "several workers need prometheus_client's multiprocess mode, set before it is "
+            "imported (serving.workers.use_private_metrics_dir)"
+        )
+    # Several workers accept from one socket bound here; one worker lets uvicorn bind.
+    sock = listening_socket(settings.host, settings.port) if settings.workers > 1 else None
+    if sock is None:
+        _check_port(settings.host, settings.port)
     _configure_logging()
     limits = fit_to_open_file_limit(settings.limits)
     router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)
@@ -343,9 +464,11 @@ def run_server(settings: ServerSettings) -> None:
         conditions = isvc.get("status", {}).get("conditions", [])
         why = "; ".join(c.get("message", "") for c in conditions if c.get("message"))
         raise RuntimeError(f"no revision of {settings.name!r} could be loaded: {why or 'unknown'}")
+    shares = ConnectionShares(settings.workers) if sock is not None else None
     server = LocalModelServer(
         settings.host,
         limits,
+        shares,
         http_port=settings.port,
         enable_grpc=False,
         enable_latency_logging=False,
@@ -365,7 +488,10 @@ def run_server(settings: ServerSettings) -> None:
     gc.freeze()
     recorded = _record_server(settings)
     try:
-        server.start([router])
+        if sock is None:
+            server.start([router])
+        elif serve_forked(settings.workers, _worker(server, router, sock), sock):
+            raise RuntimeError("a worker of the server failed at start: see the log above")
     finally:
         if recorded:
             local_controller.forget_server(settings.name, settings.url, settings.state_dir)

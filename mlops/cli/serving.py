@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -98,7 +99,14 @@ def _server_url(url: str | None, name: str) -> str:
     default=1000,
     show_default=True,
     type=int,
-    help="Open connections; above it the one waiting longest for its client is closed.",
+    help="Open connections per worker process; above it the one waiting longest for its "
+    "client is closed.",
+)
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="Processes serving the port; 1 serves from this process [default: the number of CPUs].",
 )
 def serve(
     name: str,
@@ -112,6 +120,7 @@ def serve(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    workers: int | None,
 ) -> None:
     """Serve the local InferenceService NAME (v1, v2, /metrics) until interrupted.
 
@@ -122,7 +131,43 @@ def serve(
     With a token (--auth-token-file or MLOPS_SERVING_TOKEN) every request but the health
     probes needs `Authorization: Bearer <token>`. A --host other than loopback needs a token
     or --allow-unauthenticated.
+
+    With several --workers, each process serves requests from the same port; /metrics adds
+    up all of them, and each follows promotes and rollbacks on its own.
     """
+    from serving.workers import default_workers, use_private_metrics_dir
+
+    workers = default_workers() if workers is None else workers
+    # Metrics that add up across workers: set before prometheus_client is imported.
+    metrics_dir = use_private_metrics_dir() if workers > 1 else None
+    try:
+        _serve(
+            name,
+            host,
+            port,
+            poll_interval,
+            max_body_bytes,
+            auth_token_file,
+            allow_unauthenticated,
+            (max_header_bytes, header_timeout, body_timeout, max_connections),
+            workers,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(
+    name: str,
+    host: str,
+    port: int,
+    poll_interval: float,
+    max_body_bytes: int,
+    auth_token_file: Path | None,
+    allow_unauthenticated: bool,
+    limits: tuple[int, float, float, int],
+    workers: int,
+) -> None:
     # KServe's model_server parses sys.argv when first imported: keep mlops's options from it.
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
@@ -141,9 +186,11 @@ def serve(
         max_body_bytes=max_body_bytes,
         auth_token=_token(auth_token_file),
         allow_unauthenticated=allow_unauthenticated,
-        limits=ConnectionLimits(max_header_bytes, header_timeout, body_timeout, max_connections),
+        limits=ConnectionLimits(*limits),
+        workers=workers,
     )
-    click.echo(f"serving {name} at {settings.url} (Ctrl-C to stop)", err=True)
+    processes = f", {workers} worker processes" if workers > 1 else ""
+    click.echo(f"serving {name} at {settings.url}{processes} (Ctrl-C to stop)", err=True)
     run_server(settings)
 
 
