@@ -137,6 +137,15 @@ class DriftMonitor:
             if self._pending_rows >= _FLUSH_ROWS or time.monotonic() - self._flushed_at > _FLUSH_S:
                 self._flush()
 
+    def flush(self) -> None:
+        """Count the rows held back so far; the router's watcher calls it every poll.
+
+        Without it, the last rows a worker served would wait for that worker's next request
+        before any other worker (the one a scrape lands on) could count them.
+        """
+        with self._lock:
+            self._flush()
+
     def _flush(self) -> None:
         self._flushed_at = time.monotonic()
         if not self._pending:

@@ -223,6 +223,7 @@ class CanaryRouter(Model):
         """Start watching the state file (KServe's ModelServer calls this on registration)."""
         # Each worker process (mlops serve --workers) starts its router: its own draws.
         self._random.seed()
+        self.shadow.start()
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._watch, name=f"{self.name}-state-watcher", daemon=True
@@ -236,12 +237,18 @@ class CanaryRouter(Model):
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
+            self._flush_drift()
             try:
                 self.refresh(force=self.retry_due())
             except local_controller.StateFileError as err:  # the message says it all
                 logger.error("%s; serving as before", err)
             except Exception:  # keep serving the last good routes whatever the state file holds
                 logger.exception("could not apply the state of %s; serving as before", self.name)
+
+    def _flush_drift(self) -> None:
+        for revision in list(self._loaded.values()):
+            if revision.drift is not None:
+                revision.drift.flush()
 
     def _state_stamp(self) -> tuple[int, int, int] | None:
         try:

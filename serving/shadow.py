@@ -67,7 +67,7 @@ class ShadowMirror:
     """Mirrors a sample of requests to a second model on a background thread."""
 
     def __init__(self, sample_rate: float = DEFAULT_SAMPLE_RATE, queue_size: int = QUEUE_SIZE):
-        """Start the worker thread.
+        """Set up the queue; ``start()`` starts the worker thread.
 
         Args:
             sample_rate: Share of offered requests mirrored (0 mirrors none).
@@ -78,8 +78,18 @@ class ShadowMirror:
         self.sample_rate = sample_rate
         self._queue: queue.Queue[_Mirrored | None] = queue.Queue(maxsize=queue_size)
         self._random = random.Random()
-        self._thread = threading.Thread(target=self._run, name="shadow-mirror", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the worker thread in the process that serves.
+
+        ``mlops serve --workers`` forks its workers after the router is built, and a thread
+        does not survive a fork.
+        """
+        self._random.seed()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="shadow-mirror", daemon=True)
+            self._thread.start()
 
     def offer(self, payload: Any, stable: Any, canary: Any) -> None:
         """Mirror ``payload`` (already answered by ``stable``) to ``canary``, if sampled.
@@ -102,7 +112,8 @@ class ShadowMirror:
 
     def join(self, timeout_s: float = 5.0) -> None:
         """Wait for the worker after ``stop()``."""
-        self._thread.join(timeout_s)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def drain(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued request is compared (tests); whether it emptied in time."""

@@ -160,6 +160,9 @@ def test_degraded_canary_is_rolled_back_at_the_first_step_with_no_failed_request
     assert len(step_lines) == 1 and step_lines[0].rstrip().endswith("rollback"), out
     assert "shadow_agreement" in out.splitlines()[-3] or "probability_divergence" in out
     assert set(_last_step(setup.home)["failing"]) & {"shadow_agreement", "probability_divergence"}
+    # Mirroring works in every worker process of `mlops serve` (its thread starts after fork).
+    shadow = next(s for s in _last_step(setup.home)["signals"] if s["name"] == "shadow_agreement")
+    assert shadow["value"] is not None and shadow["value"] < 0.9, shadow
     assert load.failed() == 0
     assert setup.traffic()[stable or ""] == 100 and setup.traffic()[canary] == 0
     assert set(load.versions_after(ended + 0.5)) == {stable}

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import subprocess
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -257,14 +258,21 @@ def test_mlops_drift_prints_psi_per_feature_and_flags_shifted_inputs(
     shifted = canary_server.rows.copy()
     shifted[:, 0] = shifted[:, 0] * 3  # 'mean radius' far outside its training range
     httpx.post(canary_server.infer_url("prev"), json=v2_body(shifted))
-    result = subprocess.run(
-        [MLOPS, "drift", "--url", canary_server.url, "--top", "3"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    block = result.stdout.split("breast-cancer-predictor-00001")[1]
-    first_feature = block.splitlines()[2]
+    # The worker that served the rows counts them within one poll of its state watcher (0.5 s);
+    # the drift request may land on another worker.
+    deadline = time.monotonic() + 10
+    while True:
+        result = subprocess.run(
+            [MLOPS, "drift", "--url", canary_server.url, "--top", "3"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        block = result.stdout.split("breast-cancer-predictor-00001")[1]
+        first_feature = block.splitlines()[2]
+        if "significant" in first_feature or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert "mean radius" in first_feature and "significant" in first_feature
 
 

@@ -96,8 +96,8 @@ LABELS = ("m", "m-predictor-00001", "1")
 def worker(start, stop):
     from serving.drift import DriftMonitor
     monitor = DriftMonitor(features, reference, LABELS)
-    monitor.observe(rows[start:stop])
-    monitor.report()  # flushes into the counters
+    monitor.observe(rows[start:stop])  # held back: too few rows, too soon to count
+    monitor.flush()  # what the router's state watcher does every poll
 
 if __name__ == "__main__":
     ctx = multiprocessing.get_context("fork")

@@ -56,6 +56,7 @@ def test_a_busy_canary_makes_the_mirror_drop_instead_of_waiting(
     stable = _loaded(mlops_home, tmp_path, good, breast_cancer, "s2")
     slow = _loaded(mlops_home, tmp_path, SlowModel(good, 0.5), breast_cancer, "c4")
     mirror = ShadowMirror(sample_rate=1.0, queue_size=1)
+    mirror.start()
     for _ in range(6):  # one being compared (0.5 s), one queued, the rest dropped at once
         mirror.offer(rows_body, stable, slow)
     assert _count(slow, "dropped") >= 4
