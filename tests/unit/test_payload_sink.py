@@ -1,0 +1,117 @@
+"""The payload sink, run by uvicorn on loopback, fed the recorded KServe v0.20.0 CloudEvents."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import urllib3
+import uvicorn
+
+from serving import payload_sink
+from serving.canary_analysis import parse_exposition
+from serving.payload_sink import PayloadCounter, Reference, create_app
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "kserve_payload_logger"
+STABLE, CANARY = "iris-predictor-00001", "iris-predictor-00002"
+
+
+def _event(name: str) -> dict[str, Any]:
+    return dict(json.loads((FIXTURES / f"{name}.json").read_text()))
+
+
+def _reference(uri: str) -> Reference:
+    # Four features, bins split at 0.5 and 3.0 (three bins), classes 0..2.
+    edges = tuple(np.asarray([0.5, 3.0]) for _ in range(4))
+    return Reference(frozenset({"0", "1", "2"}), ("a", "b", "c", "d"), edges)
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[str, PayloadCounter]]:
+    counter = PayloadCounter(references=_reference)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(counter), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the sink did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}", counter
+    server.should_exit = True
+    thread.join(5)
+
+
+def _post(url: str, event: dict[str, Any]) -> int:
+    answer = urllib3.request("POST", url + "/", body=event["body"], headers=event["headers"])
+    return int(answer.status)
+
+
+def _metrics(url: str) -> str:
+    return str(urllib3.request("GET", url + "/metrics").data.decode())
+
+
+def test_paired_events_count_per_revision_in_the_canary_signal_families(
+    sink: tuple[str, PayloadCounter],
+) -> None:
+    url, _ = sink
+    for name in ("stable_request", "stable_response", "canary_request", "canary_response"):
+        assert _post(url, _event(name)) == 202
+    snapshot = parse_exposition(_metrics(url), "iris")
+    stable, canary = snapshot.get(STABLE), snapshot.get(CANARY)
+    assert (stable.model_version, canary.model_version) == ("1", "2")
+    assert (stable.requests, stable.errors_5xx, canary.requests) == (1, 0, 1)
+    assert stable.classes == {"0": 1, "2": 1}
+    assert canary.classes == {"0": 1, "1": 1}
+    # 12 ms between the request's and the response's ce-time: the 0.025 s bucket, not 0.01.
+    assert stable.latency_buckets[0.01] == 0 and stable.latency_buckets[0.025] == 1
+    # Row 1 = 5.1, 3.5, 1.4, 0.2 and row 2 = 6.7, 3.0, 5.2, 2.3 in bins split at 0.5 and 3.0.
+    assert stable.input_bins["a"] == {"2": 2}
+    assert stable.input_bins["d"] == {"0": 1, "1": 1}
+
+
+def test_a_request_without_response_counts_as_failed_after_the_timeout(
+    sink: tuple[str, PayloadCounter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = sink
+    assert _post(url, _event("canary_request")) == 202
+    assert parse_exposition(_metrics(url), "iris").get(CANARY).requests == 0
+    monkeypatch.setattr(payload_sink, "RESPONSE_TIMEOUT_S", 0.0)
+    canary = parse_exposition(_metrics(url), "iris").get(CANARY)
+    assert (canary.requests, canary.errors_5xx) == (1, 1)
+    # A late response finds nothing to pair: not counted twice.
+    assert _post(url, _event("canary_response")) == 202
+    assert parse_exposition(_metrics(url), "iris").get(CANARY).requests == 1
+
+
+def test_an_event_without_a_kserve_type_is_refused_with_the_attribute_named(
+    sink: tuple[str, PayloadCounter],
+) -> None:
+    url, _ = sink
+    event = _event("stable_request")
+    event["headers"]["Ce-Type"] = "com.example.other"
+    answer = urllib3.request("POST", url + "/", body=event["body"], headers=event["headers"])
+    assert answer.status == 400
+    assert "ce-type" in answer.json()["error"]
+
+
+def test_classes_outside_the_models_own_count_as_other(sink: tuple[str, PayloadCounter]) -> None:
+    url, _ = sink
+    request, response = _event("canary_request"), _event("canary_response")
+    body = json.loads(response["body"])
+    body["outputs"][0]["data"] = [7, 1]
+    response["body"] = json.dumps(body)
+    _post(url, request)
+    _post(url, response)
+    assert parse_exposition(_metrics(url), "iris").get(CANARY).classes == {"_other": 1, "1": 1}
