@@ -115,3 +115,29 @@ def test_classes_outside_the_models_own_count_as_other(sink: tuple[str, PayloadC
     _post(url, request)
     _post(url, response)
     assert parse_exposition(_metrics(url), "iris").get(CANARY).classes == {"_other": 1, "1": 1}
+
+
+def test_the_inference_service_logs_every_payload_to_the_sink_naming_the_version() -> None:
+    from serving.inference_service import (
+        PredictorSettings,
+        build_inference_service,
+        payload_sink_url,
+        to_dict,
+    )
+
+    url = payload_sink_url("kserve-test")
+    built = to_dict(
+        build_inference_service(
+            PredictorSettings(
+                "iris", "s3://models/iris/2", 2, "kserve-test", payload_logger_url=url
+            )
+        )
+    )
+    assert built["spec"]["predictor"]["logger"] == {
+        "mode": "all",
+        "url": "http://mlops-payload-sink.kserve-test.svc.cluster.local/",
+        # The annotation the sink reads the version from (the fixtures' Ce-Annotations).
+        "metadataAnnotations": [payload_sink.STORAGE_URI_ANNOTATION],
+    }
+    plain = to_dict(build_inference_service(PredictorSettings("iris", "s3://models/iris/2", 2)))
+    assert "logger" not in plain["spec"]["predictor"]
