@@ -4,6 +4,7 @@ from components.check_parameters import check_parameters
 from components.deploy_model import deploy_model
 from components.evaluate import evaluate
 from components.load_data import load_data
+from components.rollout import rollout
 from components.train import train
 from components.upload_model import upload_model
 from components.validate_data import validate_data
@@ -13,6 +14,7 @@ __all__ = [
     "deploy_model",
     "evaluate",
     "load_data",
+    "rollout",
     "train",
     "upload_model",
     "validate_data",

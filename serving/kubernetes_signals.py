@@ -26,7 +26,7 @@ from typing import Any
 from serving import kubernetes_target
 from serving.canary_analysis import Snapshot, parse_exposition
 from serving.inference_service import PAYLOAD_SINK_SERVICE
-from serving.rollout import CanaryPair, canary_pair
+from serving.rollout import CanaryPair, RolloutResult, canary_pair
 
 SINK_PORT_NAME = "http"
 # Seconds a step's traffic split may take (a new split is a Knative route change, no new pod).
@@ -138,3 +138,49 @@ class KubernetesTarget:
             warning=outcome.get("outcome") != "promoted",
             at=datetime.now(UTC),
         )
+
+
+def run_cluster_rollout(
+    name: str,
+    namespace: str,
+    steps: str,
+    interval_s: float,
+    min_requests: int,
+    tracking_uri: str | None,
+    emit: Callable[[str], None] = print,
+) -> tuple[RolloutResult, str]:
+    """The pipeline's rollout step: step the canary of ``name`` up, promote or roll back.
+
+    Args:
+        name: The InferenceService.
+        namespace: Its namespace.
+        steps: Canary shares, ``"10,50,100"``.
+        interval_s: Seconds of traffic judged per step.
+        min_requests: Canary requests a window needs to be judged.
+        tracking_uri: MLflow: the aliases follow, the version gets the outcome tags.
+        emit: Prints each step's line and JSON log line (the step's log in the KFP UI).
+
+    Returns:
+        The result and the HTML report of it.
+
+    Raises:
+        ValueError: When the steps or the interval are malformed (before any change).
+        LookupError: When no canary is deployed.
+        RolloutAborted: When a step failed; the canary was rolled back.
+    """
+    from serving.canary_analysis import Thresholds
+    from serving.rollout import RolloutPlan, StepRecord, parse_steps, run_rollout, tag_version
+    from serving.rollout_report import render
+
+    plan = RolloutPlan(parse_steps(steps), interval_s, Thresholds(min_requests=min_requests))
+    target = KubernetesTarget(name, namespace, Path("."), tracking_uri)
+
+    def step(record: StepRecord) -> None:
+        emit(record.line())
+        emit(json.dumps(record.as_json(), separators=(",", ":")))
+
+    result = run_rollout(target, plan, step)
+    emit(json.dumps(result.as_json(), separators=(",", ":")))
+    if tracking_uri:
+        tag_version(tracking_uri, name, result.pair.canary_version, result)
+    return result, render(result, plan)
