@@ -25,6 +25,10 @@ MODEL_VERSION_LABEL = "mlops.example.com/model-version"
 # StorageInitializerSourceUriInternalAnnotationKey, on every predictor pod):
 # spec.predictor.logger.metadataAnnotations copies it into the CloudEvent.
 STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+# The header the payload sink marks its mirrored (shadow) requests with; the logger passes it on
+# in the CloudEvent's metadata (metadataHeaders, Go's canonical header form), so the sink does
+# not count the canary's answers to mirrors as client traffic.
+SHADOW_HEADER = "X-Mlops-Shadow"
 # The payload sink's Service (manifests/base/payload-sink.yaml), in the model's namespace.
 PAYLOAD_SINK_SERVICE = "mlops-payload-sink"
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -143,7 +147,12 @@ def _logger(url: str | None) -> V1beta1LoggerSpec | None:
 
     if url is None:
         return None
-    return V1beta1LoggerSpec(mode="all", url=url, metadata_annotations=[STORAGE_URI_ANNOTATION])
+    return V1beta1LoggerSpec(
+        mode="all",
+        url=url,
+        metadata_annotations=[STORAGE_URI_ANNOTATION],
+        metadata_headers=[SHADOW_HEADER],
+    )
 
 
 def to_dict(isvc: V1beta1InferenceService) -> dict[str, Any]:

@@ -17,6 +17,14 @@ the client sent it (request) or the model server answered it (response); the att
   the logger's ``metadataAnnotations``, as JSON; we list KServe's storage URI annotation, so
   each event names the model version it was served by.
 
+Shadow agreement: a sample (``SHADOW_SAMPLE``) of the requests answered by any revision older
+than the newest one seen is re-sent, after the client already has its answer, to the canary's
+tagged route (``enable-tag-routing``'s ``latest-`` host, ``MLOPS_SHADOW_URL``), and the labels
+are compared row by row (``mlops_shadow_requests_total`` / ``mlops_shadow_rows_total``,
+labelled with the canary). The mirrored request carries ``SHADOW_HEADER``, which the logger
+passes on (``metadataHeaders``) so the canary's own counts skip it. At most
+``SHADOW_CONCURRENCY`` mirrors are in flight; beyond, ``dropped``.
+
 A response event is sent only for status 200, so a request whose response has not come within
 ``RESPONSE_TIMEOUT_S`` is counted as failed (``code="5xx"``): non-200 answers of identical
 inputs are the same for both revisions except when the canary fails, which is what is judged.
@@ -29,7 +37,9 @@ with it, which ``canary_analysis.window`` reports as a reset.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import re
 import threading
 import time
@@ -47,9 +57,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serving.inference_service import SHADOW_HEADER, STORAGE_URI_ANNOTATION
+
+SHADOW_SAMPLE = 0.25
+SHADOW_CONCURRENCY = 4
+SHADOW_TIMEOUT_S = 5.0
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
 # Knative names a revision's pods <revision>-deployment-<replicaset hash>-<pod hash>.
 _POD_NAME = re.compile(r"^(?P<revision>[a-z0-9-]+?)-deployment-[a-z0-9]+-[a-z0-9]+$")
 # The model server's own request timeout is far below this: a request without a response after
@@ -75,6 +89,27 @@ class _Pending:
     time: datetime
     seen: float
     body: bytes
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A request and its 200 response, counted: what a mirror needs.
+
+    Attributes:
+        labels: ``(model, revision, model_version)`` of the revision that answered.
+        request: The request body.
+        predicted: The answered labels, as strings.
+    """
+
+    labels: tuple[str, str, str]
+    request: bytes
+    predicted: list[str]
+
+
+def revision_number(revision: str) -> int:
+    """Knative's revision counter (``...-00002`` -> 2), -1 when the name has none."""
+    tail = revision.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 @dataclass(frozen=True)
@@ -147,6 +182,12 @@ class PayloadCounter:
             [*_LABELS, "feature", "bin"],
             registry=r,
         )
+        self.shadow = Counter(
+            "mlops_shadow_requests", "Mirrored requests", [*_LABELS, "outcome"], registry=r
+        )
+        self.shadow_rows = Counter(
+            "mlops_shadow_rows", "Rows of mirrored requests", [*_LABELS, "outcome"], registry=r
+        )
         self.events = Counter("mlops_sink_events", "CloudEvents received", ["type"], registry=r)
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._lock = threading.Lock()
@@ -154,9 +195,14 @@ class PayloadCounter:
         self._references: dict[str, Reference | None] = {}
         self._uris: dict[str, str] = {}
         self._seen_classes: dict[str, set[str]] = {}
+        # The newest revision (and its labels) seen per model: the canary to mirror to.
+        self.newest: dict[str, tuple[str, str, str]] = {}
 
-    def receive(self, headers: dict[str, str], body: bytes) -> None:
+    def receive(self, headers: dict[str, str], body: bytes) -> Paired | None:
         """Take one CloudEvent (binary mode: ``ce-*`` headers, payload body).
+
+        Returns:
+            The pair, when this event completed one (None otherwise, or for a mirrored request).
 
         Raises:
             ValueError: Naming the attribute that is missing or malformed.
@@ -170,20 +216,26 @@ class PayloadCounter:
         except ValueError as err:
             raise ValueError(f"ce-time {headers.get('ce-time')!r} is not an RFC 3339 time") from err
         self.events.labels(kind.rsplit(".", 1)[1]).inc()
+        if SHADOW_HEADER in headers.get("ce-metadata", ""):
+            return None  # our own mirror, logged by the canary: not client traffic
         labels = self._labels(headers)
+        newest = self.newest.get(labels[0])
+        if newest is None or revision_number(labels[1]) > revision_number(newest[1]):
+            self.newest[labels[0]] = labels
         with self._lock:
             self._expire(time.monotonic())
             if kind == REQUEST_TYPE:
                 self._pending[event_id] = _Pending(labels, at, time.monotonic(), body)
                 while len(self._pending) > MAX_PENDING:
                     self._fail(self._pending.popitem(last=False)[1])
-                return
+                return None
             request = self._pending.pop(event_id, None)
         if request is None:  # the request event was lost or expired: nothing to pair
-            return
+            return None
         self.requests.labels(*request.labels, "200").inc()
         self.latency.labels(*request.labels).observe(max(0.0, (at - request.time).total_seconds()))
-        self._count(request.labels, request.body, body)
+        predicted = self._count(request.labels, request.body, body)
+        return Paired(request.labels, request.body, predicted) if predicted else None
 
     def expire(self) -> None:
         """Count the requests unanswered for ``RESPONSE_TIMEOUT_S`` as failed (before a scrape)."""
@@ -230,20 +282,23 @@ class PayloadCounter:
             return True
         return False
 
-    def _count(self, labels: tuple[str, str, str], request: bytes, response: bytes) -> None:
+    def _count(
+        self, labels: tuple[str, str, str], request: bytes, response: bytes
+    ) -> list[str] | None:
         reference = self._reference(labels[1])
         try:
             predicted = json.loads(response)["outputs"][0]["data"]
             tensor = json.loads(request)["inputs"][0]
             rows = np.asarray(tensor["data"], dtype=float).reshape(tensor["shape"])
         except (ValueError, KeyError, IndexError, TypeError):
-            return  # not an Open Inference Protocol pair: counted as a request only
+            return None  # not an Open Inference Protocol pair: counted as a request only
         values, counts = np.unique(np.asarray(predicted).astype(str), return_counts=True)
         for value, count in zip(values.tolist(), counts.tolist(), strict=True):
             known = self._known_class(labels[0], value, reference)
             self.predictions.labels(*labels, value if known else OTHER_CLASS).inc(count)
+        labels_out = [str(v) for v in np.asarray(predicted).ravel().tolist()]
         if reference is None or rows.ndim != 2 or rows.shape[1] != len(reference.feature_names):
-            return
+            return labels_out
         if len(rows) > MAX_BINNED_ROWS:
             rows = rows[np.linspace(0, len(rows) - 1, MAX_BINNED_ROWS).astype(int)]
         for column, (name, edges) in enumerate(
@@ -252,18 +307,98 @@ class PayloadCounter:
             bins = np.searchsorted(edges, rows[:, column], side="right")
             for b, n in zip(*np.unique(bins, return_counts=True), strict=True):
                 self.input_bins.labels(*labels, name, str(int(b))).inc(int(n))
+        return labels_out
+
+    def record_shadow(self, canary: tuple[str, str, str], stable: list[str], answer: Any) -> None:
+        """Compare the canary's answer to a mirrored request with the stable revision's labels.
+
+        Args:
+            canary: The canary's labels (the shadow counts are the canary's).
+            stable: The labels the stable revision answered the client.
+            answer: The canary's response body (parsed JSON), or None when it failed.
+        """
+        try:
+            labels = [str(v) for v in np.asarray(answer["outputs"][0]["data"]).ravel().tolist()]
+        except (TypeError, KeyError, IndexError, ValueError):
+            labels = []
+        if len(labels) != len(stable):
+            self.shadow.labels(*canary, "failed").inc()
+            return
+        agreed = sum(a == b for a, b in zip(labels, stable, strict=True))
+        self.shadow.labels(*canary, "agreed" if agreed == len(stable) else "disagreed").inc()
+        self.shadow_rows.labels(*canary, "agreed").inc(agreed)
+        self.shadow_rows.labels(*canary, "disagreed").inc(len(stable) - agreed)
 
 
-def create_app(counter: PayloadCounter | None = None) -> Starlette:
-    """The sink: ``POST /`` takes a CloudEvent, ``GET /metrics`` serves the counts."""
+class Mirror:
+    """Re-sends a sample of stable requests to the canary's tagged route, off the client's path."""
+
+    def __init__(self, counts: PayloadCounter, url_template: str, sample: float) -> None:
+        """Mirror with ``url_template`` (``{model}`` is replaced), a ``sample`` share of pairs."""
+        import httpx
+
+        self.counts, self.url_template, self.sample = counts, url_template, sample
+        self.client = httpx.AsyncClient(timeout=SHADOW_TIMEOUT_S)
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rng = random.Random(0)
+
+    def offer(self, pair: Paired) -> None:
+        """Mirror ``pair`` when it is a stable revision's and falls in the sample."""
+        canary = self.counts.newest.get(pair.labels[0])
+        if canary is None or canary[1] == pair.labels[1] or self._rng.random() >= self.sample:
+            return
+        if self.in_flight >= SHADOW_CONCURRENCY:
+            self.counts.shadow.labels(*canary, "dropped").inc()
+            return
+        self.in_flight += 1
+        task = asyncio.get_running_loop().create_task(self._send(canary, pair))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, canary: tuple[str, str, str], pair: Paired) -> None:
+        import httpx
+
+        answer: Any = None
+        try:
+            sent = await self.client.post(
+                self.url_template.format(model=pair.labels[0]),
+                content=pair.request,
+                headers={"Content-Type": "application/json", SHADOW_HEADER: "1"},
+            )
+            if sent.status_code == 200:
+                answer = sent.json()
+        except (httpx.HTTPError, ValueError):
+            answer = None
+        finally:
+            self.in_flight -= 1
+        self.counts.record_shadow(canary, pair.predicted, answer)
+
+
+def create_app(
+    counter: PayloadCounter | None = None,
+    shadow_url: str | None = None,
+    shadow_sample: float = SHADOW_SAMPLE,
+) -> Starlette:
+    """The sink: ``POST /`` takes a CloudEvent, ``GET /metrics`` serves the counts.
+
+    Args:
+        counter: Where the counts go (a new one by default).
+        shadow_url: The canary's tagged route, ``{model}`` replaced by the model's name
+            (``MLOPS_SHADOW_URL``); None: no mirroring.
+        shadow_sample: Share of the stable revision's answered requests mirrored.
+    """
     counts = counter or PayloadCounter()
+    mirror = Mirror(counts, shadow_url, shadow_sample) if shadow_url else None
 
     async def event(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
-            counts.receive(headers, await request.body())
+            pair = counts.receive(headers, await request.body())
         except ValueError as err:
             return JSONResponse({"error": str(err)}, status_code=400)
+        if pair is not None and mirror is not None:
+            mirror.offer(pair)
         return Response(status_code=202)
 
     async def metrics(_: Request) -> Response:
@@ -288,7 +423,10 @@ def main() -> None:
 
     import uvicorn
 
-    uvicorn.run(create_app(), host="0.0.0.0", port=int(os.environ.get("PORT", "8000")))  # noqa: S104
+    shadow_url = os.environ.get("MLOPS_SHADOW_URL") or None
+    uvicorn.run(
+        create_app(shadow_url=shadow_url), host="0.0.0.0", port=int(os.environ.get("PORT", "8000"))
+    )  # noqa: S104
 
 
 if __name__ == "__main__":

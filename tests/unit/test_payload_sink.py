@@ -138,6 +138,85 @@ def test_the_inference_service_logs_every_payload_to_the_sink_naming_the_version
         "url": "http://mlops-payload-sink.kserve-test.svc.cluster.local/",
         # The annotation the sink reads the version from (the fixtures' Ce-Annotations).
         "metadataAnnotations": [payload_sink.STORAGE_URI_ANNOTATION],
+        # The mirrored requests' mark reaches the sink in Ce-Metadata.
+        "metadataHeaders": [payload_sink.SHADOW_HEADER],
     }
     plain = to_dict(build_inference_service(PredictorSettings("iris", "s3://models/iris/2", 2)))
     assert "logger" not in plain["spec"]["predictor"]
+
+
+def _serve(app: Any) -> tuple[str, uvicorn.Server, threading.Thread]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server, thread
+
+
+@pytest.fixture
+def mirrored() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A sink mirroring every stable request to a canary route answering labels [0, 1]."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    received: list[dict[str, Any]] = []
+
+    async def infer(request: Request) -> JSONResponse:
+        received.append({"headers": dict(request.headers), "body": await request.json()})
+        return JSONResponse({"outputs": [{"name": "output-0", "data": [0, 1]}]})
+
+    canary_app = Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"])])
+    canary_url, canary, canary_thread = _serve(canary_app)
+    app = create_app(
+        PayloadCounter(references=_reference),
+        shadow_url=canary_url + "/v2/models/{model}/infer",
+        shadow_sample=1.0,
+    )
+    url, sink_server, sink_thread = _serve(app)
+    yield url, received
+    for server, thread in ((sink_server, sink_thread), (canary, canary_thread)):
+        server.should_exit = True
+        thread.join(5)
+
+
+def _shadow(url: str) -> tuple[dict[str, float], dict[str, float]]:
+    canary = parse_exposition(_metrics(url), "iris").get(CANARY)
+    return canary.shadow, canary.shadow_rows
+
+
+def test_stable_requests_are_mirrored_to_the_canary_route_and_compared_per_row(
+    mirrored: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = mirrored
+    # The canary revision is seen first (it is the newest): the stable's pairs get mirrored.
+    for name in ("canary_request", "canary_response", "stable_request", "stable_response"):
+        assert _post(url, _event(name)) == 202
+    deadline = time.monotonic() + 10
+    while not _shadow(url)[0]:
+        assert time.monotonic() < deadline, "no mirrored request was compared"
+        time.sleep(0.05)
+    # The stable answered [0, 2], the canary [0, 1]: one row of two agrees.
+    assert _shadow(url) == ({"disagreed": 1}, {"agreed": 1, "disagreed": 1})
+    (mirror,) = received  # the canary's own requests are not mirrored
+    assert mirror["body"] == json.loads(_event("stable_request")["body"])
+    assert mirror["headers"]["x-mlops-shadow"] == "1"
+
+
+def test_the_canarys_logged_answers_to_mirrors_are_not_counted_as_client_traffic(
+    mirrored: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, received = mirrored
+    for name in ("canary_request", "canary_response"):
+        event = _event(name)
+        event["headers"]["Ce-Metadata"] = json.dumps({"X-Mlops-Shadow": ["1"]})
+        assert _post(url, event) == 202
+    assert parse_exposition(_metrics(url), "iris").get(CANARY).requests == 0
+    assert received == []
