@@ -148,6 +148,7 @@ def run_cluster_rollout(
     min_requests: int,
     tracking_uri: str | None,
     emit: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[RolloutResult, str]:
     """The pipeline's rollout step: step the canary of ``name`` up, promote or roll back.
 
@@ -159,6 +160,7 @@ def run_cluster_rollout(
         min_requests: Canary requests a window needs to be judged.
         tracking_uri: MLflow: the aliases follow, the version gets the outcome tags.
         emit: Prints each step's line and JSON log line (the step's log in the KFP UI).
+        sleep: Waits out each window (``time.sleep``; tests pass their own).
 
     Returns:
         The result and the HTML report of it.
@@ -179,7 +181,7 @@ def run_cluster_rollout(
         emit(record.line())
         emit(json.dumps(record.as_json(), separators=(",", ":")))
 
-    result = run_rollout(target, plan, step)
+    result = run_rollout(target, plan, step, sleep)
     emit(json.dumps(result.as_json(), separators=(",", ":")))
     if tracking_uri:
         tag_version(tracking_uri, name, result.pair.canary_version, result)

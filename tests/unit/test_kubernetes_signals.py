@@ -192,3 +192,28 @@ def test_the_sink_unreachable_through_the_proxy_fails_in_one_line_naming_the_ser
         RuntimeError, match=r"kubeflow-user/other-sink: services \"other-sink\" not found"
     ):
         read_sink_metrics(NS, service="other-sink")
+
+
+def test_the_pipeline_step_logs_each_window_and_returns_the_report_page(
+    api: Api, tmp_path: Path
+) -> None:
+    from serving.kubernetes_signals import run_cluster_rollout
+
+    _deploy_two_versions(tmp_path)
+    lines: list[str] = []
+    result, page = run_cluster_rollout(
+        NAME, NS, "10,100", 1.0, 15, None, lines.append, sleep=Traffic(api, canary_predicts=1)
+    )
+    assert result.outcome == "rolled-back"
+    step_logs = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [e["event"] for e in step_logs] == ["rollout-step", "rollout-outcome"]
+    assert step_logs[0]["decision"] == "rollback"
+    assert "class_divergence" in page and "rolled-back" in page
+
+
+def test_malformed_steps_are_refused_before_the_cluster_is_touched(api: Api) -> None:
+    from serving.kubernetes_signals import run_cluster_rollout
+
+    with pytest.raises(ValueError, match="steps"):
+        run_cluster_rollout(NAME, NS, "10,5", 1.0, 15, None)
+    assert api.cluster.log == []
