@@ -217,3 +217,28 @@ def test_malformed_steps_are_refused_before_the_cluster_is_touched(api: Api) -> 
     with pytest.raises(ValueError, match="steps"):
         run_cluster_rollout(NAME, NS, "10,5", 1.0, 15, None)
     assert api.cluster.log == []
+
+
+def test_the_pipelines_cluster_deploy_logs_payloads_to_the_sink(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.deploy_model import deploy_model
+    from serving import deploy
+
+    # The aliases are not what this checks, and MLflow takes seconds to open a store.
+    monkeypatch.setattr(deploy, "sync_aliases", lambda *_: None)
+
+    deploy_model.python_func(
+        storage_uri=str(_store(tmp_path) / NAME / "1"),
+        model_version=1,
+        model_name=NAME,
+        namespace=NS,
+        canary_traffic_percent=10,
+        service_account="",
+        target="kubernetes",
+        state_dir=str(tmp_path),
+        tracking_uri="unused",
+    )
+    logger = api.cluster.objects[(NS, NAME)]["spec"]["predictor"]["logger"]
+    assert logger["url"] == f"http://mlops-payload-sink.{NS}.svc.cluster.local/"
+    assert logger["mode"] == "all"
