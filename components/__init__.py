@@ -4,6 +4,7 @@ from components.check_parameters import check_parameters
 from components.deploy_model import deploy_model
 from components.evaluate import evaluate
 from components.load_data import load_data
+from components.rollout import rollout
 from components.score import score
 from components.train import train
 from components.upload_model import upload_model
@@ -15,6 +16,7 @@ __all__ = [
     "deploy_model",
     "evaluate",
     "load_data",
+    "rollout",
     "score",
     "train",
     "upload_model",

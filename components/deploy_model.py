@@ -39,7 +39,7 @@ def deploy_model(
     import yaml
 
     from serving.deploy import deploy_inference_service, sync_aliases
-    from serving.inference_service import PredictorSettings
+    from serving.inference_service import PredictorSettings, payload_sink_url
 
     settings = PredictorSettings(
         name=model_name,
@@ -48,6 +48,8 @@ def deploy_model(
         model_version=model_version,
         canary_traffic_percent=canary_traffic_percent,
         service_account=service_account or None,
+        # In the cluster every revision logs its payloads to the canary analysis's sink.
+        payload_logger_url=payload_sink_url(namespace) if target == "kubernetes" else None,
     )
     applied = deploy_inference_service(settings, target, Path(state_dir))
     sync_aliases(tracking_uri, applied, target, Path(state_dir))

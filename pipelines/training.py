@@ -9,6 +9,7 @@ from components import (
     deploy_model,
     evaluate,
     load_data,
+    rollout,
     train,
     upload_model,
     validate_data,
@@ -80,6 +81,9 @@ def training_pipeline(
     canary_traffic_percent: int = 10,
     state_dir: str = "",
     s3_credentials_secret: str = CLUSTER_S3_SECRET,
+    rollout_steps: str = "",
+    rollout_interval_s: float = 60.0,
+    rollout_min_requests: int = 50,
 ) -> NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str):  # type: ignore[valid-type]  # noqa: UP014, E501
     """Train a classifier and ship it only when it is at least as good as production."""
     checked = check_parameters(
@@ -154,6 +158,19 @@ def training_pipeline(
             tracking_uri=tracking_uri,
         ).set_caching_options(False)
         _s3_secret_as_env(deployed, s3_credentials_secret)
+        # Empty steps: the canary waits for `mlops promote` / `mlops rollback` (manual).
+        with dsl.If(rollout_steps != "", name="rollout-automated"):
+            rolled = rollout(
+                model_name=model_name,
+                namespace=namespace,
+                rollout_steps=rollout_steps,
+                rollout_interval_s=rollout_interval_s,
+                rollout_min_requests=rollout_min_requests,
+                target=deploy_target,
+                tracking_uri=tracking_uri,
+            ).set_caching_options(False)
+            rolled.after(deployed)
+            _s3_secret_as_env(rolled, s3_credentials_secret)
     Outputs = NamedTuple("Outputs", [("deploy", bool), ("reason", str), ("mlflow_run_id", str)])  # noqa: N806, UP014, E501
     return Outputs(
         deploy=evaluated.outputs["Output"],

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kserve import V1beta1InferenceService
+    from kserve import V1beta1InferenceService, V1beta1LoggerSpec
 
 # KServe's sklearn server pins scikit-learn ~=1.5.1 (v0.15 to v0.20), the version this project
 # trains with. Named explicitly: with protocolVersion v2 and no runtime, KServe would pick
@@ -21,6 +21,16 @@ SKLEARN_RUNTIME = "kserve-sklearnserver"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 # Which model version an InferenceService serves: read by `mlops get` and the e2e tests.
 MODEL_VERSION_LABEL = "mlops.example.com/model-version"
+# The payload logger names each event's model version through this pod annotation (KServe's
+# StorageInitializerSourceUriInternalAnnotationKey, on every predictor pod):
+# spec.predictor.logger.metadataAnnotations copies it into the CloudEvent.
+STORAGE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
+# The header the payload sink marks its mirrored (shadow) requests with; the logger passes it on
+# in the CloudEvent's metadata (metadataHeaders, Go's canonical header form), so the sink does
+# not count the canary's answers to mirrors as client traffic.
+SHADOW_HEADER = "X-Mlops-Shadow"
+# The payload sink's Service (manifests/base/payload-sink.yaml), in the model's namespace.
+PAYLOAD_SINK_SERVICE = "mlops-payload-sink"
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -51,6 +61,8 @@ class PredictorSettings:
         memory: Memory request.
         cpu_limit: CPU limit.
         memory_limit: Memory limit: headroom for the sklearn server's imports and the model.
+        payload_logger_url: Where KServe's payload logger posts every request and response
+            (the canary analysis's sink, :func:`payload_sink_url`); ``None``: no logger.
     """
 
     name: str
@@ -63,6 +75,7 @@ class PredictorSettings:
     memory: str = "256Mi"
     cpu_limit: str = "1"
     memory_limit: str = "1Gi"
+    payload_logger_url: str | None = None
 
     def __post_init__(self) -> None:
         if not _DNS_1035.match(self.name):
@@ -73,6 +86,11 @@ class PredictorSettings:
         check_canary_percent(self.canary_traffic_percent)
         if not self.storage_uri:
             raise ValueError("storage_uri is empty: it must name the model version directory")
+
+
+def payload_sink_url(namespace: str) -> str:
+    """The in-cluster URL of the payload sink Service in ``namespace``."""
+    return f"http://{PAYLOAD_SINK_SERVICE}.{namespace}.svc.cluster.local/"
 
 
 def build_inference_service(settings: PredictorSettings) -> V1beta1InferenceService:
@@ -110,6 +128,7 @@ def build_inference_service(settings: PredictorSettings) -> V1beta1InferenceServ
                 canary_traffic_percent=settings.canary_traffic_percent,
                 service_account_name=settings.service_account,
                 min_replicas=1,
+                logger=_logger(settings.payload_logger_url),
                 model=V1beta1ModelSpec(
                     model_format=V1beta1ModelFormat(name="sklearn"),
                     protocol_version="v2",
@@ -119,6 +138,20 @@ def build_inference_service(settings: PredictorSettings) -> V1beta1InferenceServ
                 ),
             )
         ),
+    )
+
+
+def _logger(url: str | None) -> V1beta1LoggerSpec | None:
+    """Log requests and responses (mode ``all``) to ``url``, each naming its model version."""
+    from kserve import V1beta1LoggerSpec
+
+    if url is None:
+        return None
+    return V1beta1LoggerSpec(
+        mode="all",
+        url=url,
+        metadata_annotations=[STORAGE_URI_ANNOTATION],
+        metadata_headers=[SHADOW_HEADER],
     )
 
 

@@ -36,6 +36,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -471,3 +472,43 @@ def set_canary_percent(
 
     before, written = _replace(client, name, namespace, moved)
     return _wait(client, written, before, timeout_s)
+
+
+def record_event(
+    name: str, namespace: str, reason: str, message: str, warning: bool, at: datetime
+) -> None:
+    """Create a Kubernetes Event about the InferenceService ``name`` (what a rollout decided).
+
+    An Event, not an annotation: KServe copies the InferenceService's annotations onto the
+    Knative template, so an annotation would start a new revision.
+
+    Raises:
+        RuntimeError: When the API refuses the Event (``events`` ``create`` is in the Role).
+    """
+    from kserve import constants
+    from kubernetes import client as k8s
+
+    event = k8s.CoreV1Event(
+        metadata=k8s.V1ObjectMeta(generate_name=f"{name}-rollout-", namespace=namespace),
+        involved_object=k8s.V1ObjectReference(
+            api_version=constants.KSERVE_V1BETA1,
+            kind=constants.KSERVE_KIND_INFERENCESERVICE,
+            name=name,
+            namespace=namespace,
+        ),
+        reason=reason,
+        # Events are meant to be short; the full outcome is in the JSON log and MLflow.
+        message=message[:1024],
+        type="Warning" if warning else "Normal",
+        first_timestamp=at,
+        last_timestamp=at,
+        count=1,
+        source=k8s.V1EventSource(component="mlops-rollout"),
+    )
+    api = k8s.CoreV1Api(_client().api_instance.api_client)
+    _request(
+        "record an Event on",
+        namespace,
+        name,
+        lambda: api.create_namespaced_event(namespace, event),
+    )

@@ -243,3 +243,41 @@ def test_the_dev_overlay_is_where_the_pipeline_and_cli_deploy_by_default() -> No
     job = _find(objects, "Job", "create-buckets")
     script = "\n".join(job["spec"]["template"]["spec"]["containers"][0]["args"])
     assert f"store/{bucket}" in script and "store/mlflow" in script
+
+
+def test_the_payload_sink_is_where_the_logger_posts_and_the_rollout_reads(built: Any) -> None:
+    from mlops.settings import DEFAULT_IMAGE
+    from serving.inference_service import PAYLOAD_SINK_SERVICE, payload_sink_url
+    from serving.kubernetes_signals import SINK_PORT_NAME
+
+    _, objects = built
+    namespace = _model_namespace(objects)
+    service = _find(objects, "Service", PAYLOAD_SINK_SERVICE)
+    assert service["metadata"]["namespace"] == namespace
+    # The logger's URL (port 80 implied) and the proxy path's port name both reach the sink.
+    assert payload_sink_url(namespace).startswith(f"http://{PAYLOAD_SINK_SERVICE}.{namespace}.")
+    (port,) = service["spec"]["ports"]
+    assert (port["name"], port["port"]) == (SINK_PORT_NAME, 80)
+    deployment = _find(objects, "Deployment", PAYLOAD_SINK_SERVICE)
+    assert deployment["spec"]["replicas"] == 1  # request/response pairing is in memory
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == DEFAULT_IMAGE
+    assert container["command"] == ["python", "-m", "serving.payload_sink"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {SINK_PORT_NAME: 8000}
+    assert deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_rollout_may_read_only_the_sinks_metrics_and_create_events(built: Any) -> None:
+    _, objects = built
+    role = _find(objects, "Role", "canary-rollout")
+    assert role["metadata"]["namespace"] == _model_namespace(objects)
+    rules = {(r["resources"][0], tuple(r["verbs"])): r.get("resourceNames") for r in role["rules"]}
+    assert rules == {
+        ("services/proxy", ("get",)): ["mlops-payload-sink", "mlops-payload-sink:http"],
+        ("events", ("create",)): None,
+    }
+    binding = _find(objects, "RoleBinding", "pipeline-runner-rolls-out-models")
+    assert binding["roleRef"]["name"] == "canary-rollout"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}
+    ]

@@ -31,7 +31,20 @@ def test_deploy_steps_are_gated_on_the_evaluation(fresh: dict) -> None:
     gate = tasks["condition-1"]
     assert "pipelinechannel--evaluate-Output" in gate["triggerPolicy"]["condition"]
     inner = fresh["spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"upload-model", "deploy-model"}
+    assert set(inner) == {"upload-model", "deploy-model", "condition-2"}
+
+
+def test_the_rollout_step_runs_after_the_deploy_only_when_steps_are_given(fresh: dict) -> None:
+    inner = fresh["spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
+    condition = inner["condition-2"]["triggerPolicy"]["condition"]
+    assert "pipelinechannel--rollout_steps" in condition and "!= ''" in condition
+    assert inner["condition-2"]["dependentTasks"] == ["deploy-model"]
+    steps = fresh["spec"]["components"]["comp-condition-2"]["dag"]["tasks"]
+    assert steps["rollout"]["cachingOptions"].get("enableCache") is not True
+    outputs = fresh["spec"]["components"]["comp-rollout"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    defaults = fresh["spec"]["root"]["inputDefinitions"]["parameters"]
+    assert defaults["rollout_steps"]["defaultValue"] == ""  # manual unless asked
 
 
 def test_outside_world_steps_are_not_cached_and_no_step_is_retried_by_kfp(fresh: dict) -> None:

@@ -1,0 +1,244 @@
+"""``mlops rollout --target kubernetes``'s target against the fake Kubernetes API and a real sink.
+
+The fake API (``kserve_status_fake``) runs KServe's and Knative's traffic logic; in front of it
+a thin WSGI layer answers the two other API paths the target uses: the Service proxy to the
+payload sink (forwarded to a real ``serving.payload_sink`` under uvicorn) and Events. The
+"traffic" of each window is the CloudEvents the payload logger would post, split by the share
+the fake cluster routes at that moment, posted to the real sink over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import urllib3
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from serving import kubernetes_target
+from serving.canary_analysis import Thresholds
+from serving.deploy import deploy_inference_service
+from serving.inference_service import PredictorSettings
+from serving.kubernetes_signals import KubernetesTarget, read_sink_metrics
+from serving.payload_sink import PayloadCounter
+from serving.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK, RolloutPlan, run_rollout
+from tests.unit.kserve_status_fake import FakeCluster, write_kubeconfig
+from tests.unit.test_payload_sink import sink  # noqa: F401 - the sink fixture
+
+NS, NAME = "kubeflow-user", "breast-cancer"
+_HTTP = urllib3.PoolManager()
+_PROXY = re.compile(r"^/api/v1/namespaces/([^/]+)/services/([^/]+)/proxy/metrics$")
+_EVENTS = re.compile(r"^/api/v1/namespaces/([^/]+)/events$")
+
+
+class Api:
+    """The fake cluster plus the Service proxy to the sink and the Events the target creates."""
+
+    def __init__(self, cluster: FakeCluster, sink_url: str) -> None:
+        self.cluster, self.sink_url = cluster, sink_url
+        self.events: list[dict[str, Any]] = []
+        self.proxied: list[str] = []
+
+    def wsgi(self, environ: Any, start_response: Any) -> Any:
+        request = Request(environ)
+        proxy, events = _PROXY.match(request.path), _EVENTS.match(request.path)
+        if proxy and proxy.group(2) != "mlops-payload-sink:http":
+            message = f'services "{proxy.group(2).split(":")[0]}" not found'
+            status = {"kind": "Status", "status": "Failure", "message": message, "code": 404}
+            response = Response(json.dumps(status), status=404, content_type="application/json")
+        elif proxy and request.method == "GET":
+            self.proxied.append(f"{proxy.group(1)}/{proxy.group(2)}")
+            text = _HTTP.request("GET", self.sink_url + "/metrics").data
+            response = Response(text, content_type="text/plain")
+        elif events and request.method == "POST":
+            self.events.append(json.loads(request.get_data()))
+            response = Response(request.get_data(), status=201, content_type="application/json")
+        else:
+            return self.cluster.wsgi(environ, start_response)
+        return response(environ, start_response)
+
+
+@pytest.fixture
+def api(
+    sink: tuple[str, PayloadCounter],  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Api]:
+    found = Api(FakeCluster(), sink[0])
+    monkeypatch.setattr(kubernetes_target, "POLL_INTERVAL_S", 0.01)
+    server = make_server("127.0.0.1", 0, found.wsgi, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = write_kubeconfig(f"http://127.0.0.1:{server.server_port}", tmp_path / "kc")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    yield found
+    server.shutdown()
+    thread.join()
+
+
+def _store(tmp_path: Path) -> Path:
+    """Two versions whose metadata holds the training bins (four features, edges 0.5, 3.0)."""
+    features = {n: {"bin_edges": [0.5, 3.0], "bin_fractions": [0.2, 0.3, 0.5]} for n in "abcd"}
+    for version in (1, 2):
+        directory = tmp_path / "store" / NAME / str(version)
+        directory.mkdir(parents=True)
+        metadata = {"feature_names": list("abcd"), "reference_statistics": {"features": features}}
+        (directory / "metadata.json").write_text(json.dumps(metadata))
+    return tmp_path / "store"
+
+
+def _deploy_two_versions(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    for version in (1, 2):
+        settings = PredictorSettings(NAME, str(store / NAME / str(version)), version, NS, 10)
+        deploy_inference_service(settings, "kubernetes", tmp_path, 30)
+
+
+class Traffic:
+    """What the payload logger posts while a window passes: 200 requests split by the share."""
+
+    def __init__(self, api: Api, canary_predicts: int | None) -> None:
+        self.api, self.canary_predicts = api, canary_predicts
+        self.rng = np.random.default_rng(7)
+        self.sent = 0
+
+    def __call__(self, _seconds: float) -> None:
+        traffic = self.api.cluster.predictor_status(NAME, NS)["traffic"]
+        for target in traffic:
+            for _ in range(2 * int(target["percent"])):
+                self._post(target["revisionName"], bool(target["latestRevision"]))
+
+    def _post(self, revision: str, canary: bool) -> None:
+        self.sent += 1
+        row = self.rng.choice([0.2, 1.0, 4.0], size=4, p=[0.2, 0.3, 0.5])
+        label = int(row[0] > 3.0)  # the stable model's rule
+        if canary and self.canary_predicts is not None:
+            label = self.canary_predicts
+        version = revision.rsplit("-", 1)[1].lstrip("0")
+        headers = {
+            "Ce-Id": f"id-{self.sent}",
+            "Ce-Source": f"{revision}-deployment-7d9c6b5f4-x2k8p",
+            "Ce-Inferenceservicename": NAME,
+            "Ce-Annotations": json.dumps(
+                {"internal.serving.kserve.io/storage-initializer-sourceuri": f"x/{NAME}/{version}"}
+            ),
+            "Content-Type": "application/json",
+        }
+        request = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64"}]}
+        request["inputs"][0]["data"] = row.tolist()
+        response = {"id": headers["Ce-Id"], "model_name": NAME, "model_version": None}
+        response["outputs"] = [{"name": "output-0", "shape": [1], "datatype": "INT64"}]
+        response["outputs"][0]["data"] = [label]
+        for kind, body, at in (
+            ("request", request, "2026-11-23T22:00:00.100Z"),
+            ("response", response, "2026-11-23T22:00:00.104Z"),
+        ):
+            event = headers | {"Ce-Type": f"org.kubeflow.serving.inference.{kind}", "Ce-Time": at}
+            sent = _HTTP.request("POST", self.api.sink_url + "/", json=body, headers=event)
+            assert sent.status == 202
+
+
+def _rollout(api: Api, tmp_path: Path, canary_predicts: int | None) -> Any:
+    _deploy_two_versions(tmp_path)
+    target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
+    plan = RolloutPlan(steps=(10, 50, 100), interval_s=1, thresholds=Thresholds(min_requests=15))
+    return run_rollout(target, plan, sleep=Traffic(api, canary_predicts))
+
+
+def test_a_good_canary_is_stepped_to_all_traffic_and_the_event_says_promoted(
+    api: Api, tmp_path: Path
+) -> None:
+    result = _rollout(api, tmp_path, canary_predicts=None)
+
+    assert (result.outcome, result.exit_code) == ("promoted", EXIT_PROMOTED)
+    assert [s.step for s in result.steps] == [10, 50, 100]
+    assert (result.pair.stable_version, result.pair.canary_version) == ("1", "2")
+    predictor = api.cluster.predictor_status(NAME, NS)
+    assert [(t["revisionName"], t["percent"]) for t in predictor["traffic"]] == [
+        (f"{NAME}-predictor-00002", 100)
+    ]
+    assert "canaryTrafficPercent" not in api.cluster.objects[(NS, NAME)]["spec"]["predictor"]
+    assert [e["type"] for e in api.events] == ["Normal"]
+    assert json.loads(api.events[0]["message"])["outcome"] == "promoted"
+    assert set(api.proxied) == {f"{NS}/mlops-payload-sink:http"}
+
+
+def test_a_canary_predicting_one_class_is_rolled_back_at_the_first_step(
+    api: Api, tmp_path: Path
+) -> None:
+    result = _rollout(api, tmp_path, canary_predicts=1)
+
+    assert (result.outcome, result.exit_code) == ("rolled-back", EXIT_ROLLED_BACK)
+    assert [s.step for s in result.steps] == [10]
+    assert "class_divergence" in result.steps[0].verdict.failing
+    predictor = api.cluster.predictor_status(NAME, NS)
+    served = {t["revisionName"]: t["percent"] for t in predictor["traffic"] if t["percent"]}
+    assert served == {f"{NAME}-predictor-00001": 100}
+    assert api.events[0]["type"] == "Warning"
+    assert api.events[0]["involvedObject"]["kind"] == "InferenceService"
+
+
+def test_the_sink_unreachable_through_the_proxy_fails_in_one_line_naming_the_service(
+    api: Api, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        RuntimeError, match=r"kubeflow-user/other-sink: services \"other-sink\" not found"
+    ):
+        read_sink_metrics(NS, service="other-sink")
+
+
+def test_the_pipeline_step_logs_each_window_and_returns_the_report_page(
+    api: Api, tmp_path: Path
+) -> None:
+    from serving.kubernetes_signals import run_cluster_rollout
+
+    _deploy_two_versions(tmp_path)
+    lines: list[str] = []
+    result, page = run_cluster_rollout(
+        NAME, NS, "10,100", 1.0, 15, None, lines.append, sleep=Traffic(api, canary_predicts=1)
+    )
+    assert result.outcome == "rolled-back"
+    step_logs = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [e["event"] for e in step_logs] == ["rollout-step", "rollout-outcome"]
+    assert step_logs[0]["decision"] == "rollback"
+    assert "class_divergence" in page and "rolled-back" in page
+
+
+def test_malformed_steps_are_refused_before_the_cluster_is_touched(api: Api) -> None:
+    from serving.kubernetes_signals import run_cluster_rollout
+
+    with pytest.raises(ValueError, match="steps"):
+        run_cluster_rollout(NAME, NS, "10,5", 1.0, 15, None)
+    assert api.cluster.log == []
+
+
+def test_the_pipelines_cluster_deploy_logs_payloads_to_the_sink(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components.deploy_model import deploy_model
+    from serving import deploy
+
+    # The aliases are not what this checks, and MLflow takes seconds to open a store.
+    monkeypatch.setattr(deploy, "sync_aliases", lambda *_: None)
+
+    deploy_model.python_func(
+        storage_uri=str(_store(tmp_path) / NAME / "1"),
+        model_version=1,
+        model_name=NAME,
+        namespace=NS,
+        canary_traffic_percent=10,
+        service_account="",
+        target="kubernetes",
+        state_dir=str(tmp_path),
+        tracking_uri="unused",
+    )
+    logger = api.cluster.objects[(NS, NAME)]["spec"]["predictor"]["logger"]
+    assert logger["url"] == f"http://mlops-payload-sink.{NS}.svc.cluster.local/"
+    assert logger["mode"] == "all"
