@@ -9,14 +9,14 @@ import click
 
 from mlops.settings import DEFAULT_MODEL_NAME, default_tracking_uri, state_dir
 
-_TARGET = click.option(
+TARGET_OPTION = click.option(
     "--target",
     type=click.Choice(["local", "kubernetes"]),
     default="local",
     show_default=True,
     help="The local runtime, or the cluster (kubeconfig).",
 )
-_NAMESPACE = click.option(
+NAMESPACE_OPTION = click.option(
     "-n",
     "--namespace",
     default="kubeflow-user",
@@ -89,8 +89,8 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 @click.command()
 @click.argument("name", default=DEFAULT_MODEL_NAME)
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
-@_TARGET
-@_NAMESPACE
+@TARGET_OPTION
+@NAMESPACE_OPTION
 def get(name: str, output: str, target: str, namespace: str) -> None:
     """Show the InferenceService NAME, as `kubectl get isvc` does (-o yaml for all of it)."""
     import json
@@ -122,8 +122,8 @@ def _set_traffic(name: str, percent: int | None, target: str, namespace: str) ->
 
 @click.command()
 @click.argument("name", default=DEFAULT_MODEL_NAME)
-@_TARGET
-@_NAMESPACE
+@TARGET_OPTION
+@NAMESPACE_OPTION
 def promote(name: str, target: str, namespace: str) -> None:
     """Give the latest revision all traffic (removes canaryTrafficPercent)."""
     _set_traffic(name, None, target, namespace)
@@ -131,8 +131,8 @@ def promote(name: str, target: str, namespace: str) -> None:
 
 @click.command()
 @click.argument("name", default=DEFAULT_MODEL_NAME)
-@_TARGET
-@_NAMESPACE
+@TARGET_OPTION
+@NAMESPACE_OPTION
 def rollback(name: str, target: str, namespace: str) -> None:
     """Send all traffic back to the previously rolled-out revision (canaryTrafficPercent: 0)."""
     _set_traffic(name, 0, target, namespace)

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from mlops.cli.deployments import NAMESPACE_OPTION, TARGET_OPTION
 from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracking_uri, state_dir
 from serving.canary_analysis import Thresholds
 
@@ -159,8 +160,15 @@ def _warm_registry(tracking_uri: str, name: str) -> None:
         pass
 
 
-def execute_rollout(name: str, url: str | None, token_file: Path | None, **options: Any) -> None:
-    """Run the rollout of ``name`` on the local server; exits 0 promoted, 3 rolled back."""
+def execute_rollout(
+    name: str,
+    url: str | None,
+    token_file: Path | None,
+    target_name: str = "local",
+    namespace: str = "kubeflow-user",
+    **options: Any,
+) -> None:
+    """Run the rollout of ``name``, local or in the cluster; exits 0 promoted, 3 rolled back."""
     from mlops.cli.serving import _server_url, _token
     from serving.client import V2Client
     from serving.rollout import (
@@ -177,8 +185,16 @@ def execute_rollout(name: str, url: str | None, token_file: Path | None, **optio
     interval = float(options.pop("interval"))
     plan = RolloutPlan(steps, interval, Thresholds(**options))
     tracking_uri = default_tracking_uri()
-    client = V2Client(_server_url(url, name), name, timeout_s=10.0, token=_token(token_file))
-    target = LocalTarget(name, state_dir(), client.metrics, tracking_uri)
+    client: V2Client | None = None
+    target: Any
+    if target_name == "kubernetes":
+        from serving.kubernetes_signals import KubernetesTarget
+
+        # Signals come from the namespace's payload sink, through the API server's proxy.
+        target = KubernetesTarget(name, namespace, state_dir(), tracking_uri)
+    else:
+        client = V2Client(_server_url(url, name), name, timeout_s=10.0, token=_token(token_file))
+        target = LocalTarget(name, state_dir(), client.metrics, tracking_uri)
     log_path = state_dir() / "logs" / f"rollout-{name}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -199,7 +215,8 @@ def execute_rollout(name: str, url: str | None, token_file: Path | None, **optio
     try:
         result = run_rollout(target, plan, emit)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     with open(log_path, "a") as log:
         log.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
     tag_version(tracking_uri, name, pair.canary_version, result)
@@ -213,13 +230,8 @@ def execute_rollout(name: str, url: str | None, token_file: Path | None, **optio
 @click.command()
 @click.argument("name", default=DEFAULT_MODEL_NAME)
 @rollout_options
-@click.option(
-    "--target",
-    type=click.Choice(["local"]),
-    default="local",
-    show_default=True,
-    help="Where the InferenceService runs.",
-)
+@TARGET_OPTION
+@NAMESPACE_OPTION
 @click.option("--url", default=None, help="Model server base URL [default: as `mlops predict`].")
 @click.option(
     "--auth-token-file",
@@ -228,7 +240,12 @@ def execute_rollout(name: str, url: str | None, token_file: Path | None, **optio
     help="File holding the server's bearer token [default: MLOPS_SERVING_TOKEN, else none].",
 )
 def rollout(
-    name: str, target: str, url: str | None, auth_token_file: Path | None, **options: Any
+    name: str,
+    target: str,
+    namespace: str,
+    url: str | None,
+    auth_token_file: Path | None,
+    **options: Any,
 ) -> None:
     """Step the canary of NAME up, judging each step; promote it (exit 0) or roll back (exit 3).
 
@@ -238,7 +255,7 @@ def rollout(
     hold the step (at most --max-holds times). One line per step; the JSON lines go to
     .mlops/logs/, the HTML report to .mlops/rollouts/.
     """
-    execute_rollout(name, url, auth_token_file, **options)
+    execute_rollout(name, url, auth_token_file, target, namespace, **options)
 
 
 @click.command()
@@ -251,12 +268,27 @@ def rollout(
     show_default=True,
     help="Share of the new revision when one already serves (the first deploy takes all).",
 )
-def deploy(version: int, model_name: str, canary_percent: int) -> None:
-    """Deploy store VERSION of the model locally, as a canary when a revision already serves."""
+@TARGET_OPTION
+@NAMESPACE_OPTION
+@click.option(
+    "--service-account",
+    default="kserve-minio-sa",
+    show_default=True,
+    help="ServiceAccount with the S3 Secret (kubernetes target).",
+)
+def deploy(
+    version: int,
+    model_name: str,
+    canary_percent: int,
+    target: str,
+    namespace: str,
+    service_account: str,
+) -> None:
+    """Deploy store VERSION of the model, as a canary when a revision already serves."""
     from mlops.cli.deployments import format_table, isvc_row
     from mlops.store import open_store
     from serving.deploy import deploy_inference_service, sync_aliases
-    from serving.inference_service import PredictorSettings
+    from serving.inference_service import PredictorSettings, payload_sink_url
 
     store = open_store(default_store_uri())
     available = store.versions(model_name)
@@ -271,9 +303,12 @@ def deploy(version: int, model_name: str, canary_percent: int) -> None:
         storage_uri=store.version_uri(model_name, version),
         model_version=version,
         canary_traffic_percent=canary_percent,
+        namespace=namespace,
+        service_account=service_account if target == "kubernetes" else None,
+        payload_logger_url=payload_sink_url(namespace) if target == "kubernetes" else None,
     )
-    applied = deploy_inference_service(settings, "local", state_dir())
-    sync_aliases(default_tracking_uri(), applied, "local", state_dir())
+    applied = deploy_inference_service(settings, target, state_dir())
+    sync_aliases(default_tracking_uri(), applied, target, state_dir())
     click.echo(format_table([isvc_row(applied)]))
 
 

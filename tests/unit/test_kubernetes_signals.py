@@ -242,3 +242,28 @@ def test_the_pipelines_cluster_deploy_logs_payloads_to_the_sink(
     logger = api.cluster.objects[(NS, NAME)]["spec"]["predictor"]["logger"]
     assert logger["url"] == f"http://mlops-payload-sink.{NS}.svc.cluster.local/"
     assert logger["mode"] == "all"
+
+
+def test_mlops_rollout_with_target_kubernetes_steps_the_cluster_and_rolls_back_a_silent_canary(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's ``--target kubernetes`` drives the cluster, not a local server: with no traffic
+    at all the canary is held, then rolled back, and the stable revision serves everything."""
+    from click.testing import CliRunner
+
+    from mlops.cli import main
+
+    _deploy_two_versions(tmp_path)
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    arguments = ["rollout", NAME, "--target", "kubernetes", "-n", NS, "--steps", "10,100"]
+    arguments += ["--interval", "0.2", "--max-holds", "1", "--min-requests", "5"]
+    result = CliRunner().invoke(main, arguments)
+
+    assert result.exit_code == EXIT_ROLLED_BACK, result.output
+    assert "rolled-back" in result.output
+    predictor = api.cluster.predictor_status(NAME, NS)
+    served = {t["revisionName"]: t["percent"] for t in predictor["traffic"] if t["percent"]}
+    assert served == {f"{NAME}-predictor-00001": 100}
+    assert set(api.proxied) == {f"{NS}/mlops-payload-sink:http"}
+    assert api.events[-1]["type"] == "Warning"
