@@ -31,10 +31,46 @@ def _is_missing(err: Exception) -> bool:
     )
 
 
+# SQLite databases this process has seen created (or found complete), by tracking URI.
+_READY_DATABASES: set[str] = set()
+
+
 def _client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    _ensure_local_database(tracking_uri, client)
+    return client
+
+
+def prepare_local_database(tracking_uri: str) -> None:
+    """Create the tables of a new local (SQLite) MLflow database now; nothing for a server.
+
+    MLflow creates and migrates a new database on first use, which takes seconds; ``mlops run``
+    calls this in the background while the first steps run, and the step that first needs
+    MLflow waits for it (see ``_ensure_local_database``).
+    """
+    _client(tracking_uri)
+
+
+def _ensure_local_database(tracking_uri: str, client: Any) -> None:
+    """Let one process at a time create a new SQLite database; the others wait, then use it.
+
+    Two processes migrating the same new file at once break it: the database's own file cannot
+    serve as the lock (it exists, half-made, during the migration), so a lock file beside it does.
+    """
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _READY_DATABASES:
+        return
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # The first tracking and registry calls create and migrate the tables when missing.
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    _READY_DATABASES.add(tracking_uri)
 
 
 @contextlib.contextmanager
