@@ -64,7 +64,9 @@ def test_a_step_imports_only_the_heavy_libraries_it_uses(step: str) -> None:
     assert _imported_by(_body_imports(step)) <= NEEDS[step]
 
 
-def test_mlops_run_checks_its_parameters_and_source_without_pandas_sklearn_or_mlflow() -> None:
+def test_the_pre_flight_checks_of_source_store_and_serving_state_import_no_pandas() -> None:
+    # Without an estimator to check: ``mlops run`` passes one, and its hyperparameters are
+    # checked against scikit-learn's own defaults (scikit-learn imports pandas itself).
     code = textwrap.dedent(
         """
         import tempfile
