@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import pandas as pd
-
 if TYPE_CHECKING:
+    import pandas as pd
+
     from mlops.s3_store import S3Store
 
 BUILTIN_PREFIX = "sklearn:"
@@ -90,6 +90,8 @@ def _load_builtin(name: str) -> pd.DataFrame:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
+    import pandas as pd  # here: ``mlops run``'s pre-flight check of the source needs no pandas
+
     _check_path(path)
     return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
 

@@ -31,10 +31,51 @@ def _is_missing(err: Exception) -> bool:
     )
 
 
+# SQLite databases this process has seen created (or found complete), by tracking URI.
+_READY_DATABASES: set[str] = set()
+
+
 def _client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with _creating_local_database(tracking_uri) as first_use:
+        # The constructor opens (and creates, if new) the registry's tables of a SQLite URI.
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        if first_use:
+            client.search_experiments(max_results=1)  # the tracking store's tables too
+    return client
+
+
+def prepare_local_database(tracking_uri: str) -> None:
+    """Create the tables of a new local (SQLite) MLflow database now; nothing for a server.
+
+    MLflow creates and migrates a new database on first use, which takes seconds; ``mlops run``
+    calls this in the background while the first steps run, and the step that first needs
+    MLflow waits for it (see ``_creating_local_database``).
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        _client(tracking_uri)
+
+
+@contextlib.contextmanager
+def _creating_local_database(tracking_uri: str) -> Iterator[bool]:
+    """Let one process at a time create a new SQLite database; the others wait, then use it.
+
+    Two processes migrating the same new file at once break it: the database's own file cannot
+    serve as the lock (it exists, half-made, during the migration), so a lock file beside it
+    does. Yields whether this is the process's first use of that database.
+    """
+    if not tracking_uri.startswith("sqlite:///") or tracking_uri in _READY_DATABASES:
+        yield False
+        return
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield True
+    _READY_DATABASES.add(tracking_uri)
 
 
 @contextlib.contextmanager

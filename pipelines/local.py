@@ -12,8 +12,9 @@ import io
 import re
 import subprocess
 import sys
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -164,6 +165,22 @@ def code_version() -> str:
         return mlops.__version__
 
 
+class _BackgroundCall(threading.Thread):
+    """``func(*args)`` in a daemon thread; an error is kept, not raised (the step reports it)."""
+
+    def __init__(self, func: Callable[..., Any], *args: Any) -> None:
+        super().__init__(daemon=True)
+        self.func, self.args = func, args
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.func(*self.args)
+        except Exception as err:  # noqa: BLE001
+            self.error = err
+
+
 def run_locally(
     arguments: dict[str, Any], state_dir: Path, *, verbose: bool = False
 ) -> LocalRunSummary:
@@ -188,6 +205,9 @@ def run_locally(
     arguments = local_arguments(arguments, state_dir)
     preflight(arguments, state_dir)
     os.environ.setdefault("MLOPS_CODE_VERSION", code_version())
+    # A new local MLflow database takes seconds to create: do it here while the first steps
+    # (which do not use MLflow) run; the first step that does waits for it (a lock file).
+    database = _BackgroundCall(registry.prepare_local_database, str(arguments["tracking_uri"]))
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(state_dir / "pipeline_root"),
@@ -200,6 +220,9 @@ def run_locally(
             outputs = training_pipeline(**arguments)
         except RuntimeError as err:
             raise PipelineRunError(tee.error_line or f"{err} (see {log_file})") from err
+        finally:
+            # Its failure, if any, is also the failing step's own error (shown above).
+            database.join()
     return _summarize(outputs.outputs, arguments, log_file)
 
 
