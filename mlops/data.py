@@ -172,6 +172,7 @@ def _copy_csv(path: Path, dest: Path, chunk_rows: int) -> tuple[int, int]:
     the file's table. When they do not (integers in one chunk, a decimal further down), the
     file is read again with the types pandas gives the whole file, so the table is the same.
     """
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
