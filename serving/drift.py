@@ -38,6 +38,15 @@ _FLUSH_S = 1.0
 SAMPLE_ROWS = 100
 
 
+def sample_rows(rows: np.ndarray) -> np.ndarray:
+    """At most ``SAMPLE_ROWS`` of ``rows``, evenly strided.
+
+    The sample every served-input and probability signal counts, locally and in the cluster's
+    payload sink alike.
+    """
+    return rows[:: max(1, -(-len(rows) // SAMPLE_ROWS))]
+
+
 def psi(reference_fractions: np.ndarray, served_counts: np.ndarray) -> float:
     """The PSI of served bin counts against the reference bin fractions.
 
@@ -129,8 +138,7 @@ class DriftMonitor:
 
     def observe(self, matrix: np.ndarray) -> None:
         """Record served rows (``[rows, features]``, validated); at most ``SAMPLE_ROWS`` of them."""
-        if len(matrix) > SAMPLE_ROWS:
-            matrix = matrix[:: -(-len(matrix) // SAMPLE_ROWS)]
+        matrix = sample_rows(matrix)
         with self._lock:
             self._pending.append(matrix)
             self._pending_rows += len(matrix)

@@ -24,7 +24,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 from kserve.utils.utils import get_predict_response
 
-from serving.drift import SAMPLE_ROWS, DriftMonitor
+from serving.drift import DriftMonitor, sample_rows
 from serving.inputs import request_matrix, wants_probabilities
 from serving.observability import current_request, record_predictions
 
@@ -154,11 +154,11 @@ class RevisionModel(Model):
         proba_of = getattr(self._model, "predict_proba", None)
         if probabilities:
             predicted = np.asarray(self._model.classes_).take(result.argmax(axis=1))
-            top = result[:: max(1, -(-len(result) // SAMPLE_ROWS))].max(axis=1)
+            top = sample_rows(result).max(axis=1)
         else:
             predicted, top = result, None
             if proba_of is not None:
-                sample = matrix[:: max(1, -(-len(matrix) // SAMPLE_ROWS))]
+                sample = sample_rows(matrix)
                 with sklearn.config_context(assume_finite=True):
                     top = proba_of(sample).max(axis=1)
         record_predictions(self.labels, self.classes, predicted, top)

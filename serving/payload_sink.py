@@ -57,6 +57,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlops.validation import bin_counts
+from serving.drift import sample_rows
 from serving.inference_service import SHADOW_HEADER, STORAGE_URI_ANNOTATION
 
 SHADOW_SAMPLE = 0.25
@@ -72,8 +74,6 @@ RESPONSE_TIMEOUT_S = 30.0
 # Requests waiting for their response, at most: beyond, the oldest is counted as failed, so
 # a flood of unanswered requests cannot grow the memory.
 MAX_PENDING = 10_000
-# Rows binned per request, at most (an evenly spaced sample), as the local server does.
-MAX_BINNED_ROWS = 100
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LABELS = ("model", "revision", "model_version")
 OTHER_CLASS = "_other"
@@ -299,14 +299,13 @@ class PayloadCounter:
         labels_out = [str(v) for v in np.asarray(predicted).ravel().tolist()]
         if reference is None or rows.ndim != 2 or rows.shape[1] != len(reference.feature_names):
             return labels_out
-        if len(rows) > MAX_BINNED_ROWS:
-            rows = rows[np.linspace(0, len(rows) - 1, MAX_BINNED_ROWS).astype(int)]
+        rows = sample_rows(rows)  # the local server's sample and binning rule
         for column, (name, edges) in enumerate(
             zip(reference.feature_names, reference.bin_edges, strict=True)
         ):
-            bins = np.searchsorted(edges, rows[:, column], side="right")
-            for b, n in zip(*np.unique(bins, return_counts=True), strict=True):
-                self.input_bins.labels(*labels, name, str(int(b))).inc(int(n))
+            for b, n in enumerate(bin_counts(edges, rows[:, column]).tolist()):
+                if n:
+                    self.input_bins.labels(*labels, name, str(b)).inc(n)
         return labels_out
 
     def record_shadow(self, canary: tuple[str, str, str], stable: list[str], answer: Any) -> None:
