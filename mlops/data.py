@@ -55,7 +55,7 @@ def check_source(source: str) -> None:
     elif source.startswith("s3://"):
         _check_format(Path(source))
         parsed = urlparse(source)
-        _s3_bucket(parsed.netloc).stat_object(parsed.path.lstrip("/"))
+        s3_bucket(parsed.netloc).stat_object(parsed.path.lstrip("/"))
     else:
         _check_path(Path(source.removeprefix("file://")))
 
@@ -96,7 +96,8 @@ def _read_file(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
 
 
-def _s3_bucket(bucket: str) -> S3Store:
+def s3_bucket(bucket: str) -> S3Store:
+    """The S3 bucket ``bucket`` as a store without a prefix, with ``S3Settings.from_env()``."""
     from mlops.s3_store import S3Store
     from mlops.settings import S3Settings
 
@@ -130,7 +131,7 @@ def write_table(source: str, dest: str | Path, chunk_rows: int = CHUNK_ROWS) -> 
         _check_format(Path(key))
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(key).name
-            _s3_bucket(parsed.netloc).download_object(key, local)
+            s3_bucket(parsed.netloc).download_object(key, local)
             return _copy_file(local, Path(dest), chunk_rows)
     return _copy_file(Path(source.removeprefix("file://")), Path(dest), chunk_rows)
 
@@ -229,5 +230,5 @@ def _load_s3(uri: str) -> pd.DataFrame:
     key = parsed.path.lstrip("/")
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / Path(key).name
-        _s3_bucket(parsed.netloc).download_object(key, local)
+        s3_bucket(parsed.netloc).download_object(key, local)
         return _read_file(local)

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from mlops.data import s3_bucket
+
 OUTPUT_SUFFIXES = (".csv", ".parquet")
 CHUNK_ROWS = 100_000
 ROW_COLUMN = "row"
@@ -57,7 +59,7 @@ def check_output(output: str) -> None:
     output_format(output)
     if output.startswith("s3://"):
         bucket, key = _split_s3(output)
-        if _s3_bucket(bucket).object_exists(key):
+        if s3_bucket(bucket).object_exists(key):
             raise FileExistsError(_exists(output))
         return
     path = Path(output.removeprefix("file://"))
@@ -334,7 +336,7 @@ def publish_predictions(local_file: Path, output: str) -> str:
 
     if output.startswith("s3://"):
         bucket, key = _split_s3(output)
-        _s3_bucket(bucket).create_object_from_file(key, local_file)
+        s3_bucket(bucket).create_object_from_file(key, local_file)
         return output
     path = Path(output.removeprefix("file://"))
     with _staged(path) as staged, open(local_file, "rb") as source, open(staged, "wb") as dest:
@@ -348,10 +350,3 @@ def _split_s3(uri: str) -> tuple[str, str]:
     if not parsed.netloc or not key:
         raise ValueError(f"output {uri!r} must name a bucket and a key: s3://<bucket>/<key>")
     return parsed.netloc, key
-
-
-def _s3_bucket(bucket: str) -> Any:
-    from mlops.s3_store import S3Store
-    from mlops.settings import S3Settings
-
-    return S3Store(bucket, "", S3Settings.from_env())
