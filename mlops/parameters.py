@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from mlops.estimators import ESTIMATOR_DEFAULTS
+
 # KServe's webhook accepts an InferenceService name matching this (a DNS-1035 label: it starts
 # with a letter); the name is also the store folder and the registered model, so it must not
 # carry '/', '..' or upper case.
@@ -75,13 +77,11 @@ def check_hyperparameters(estimator: Any, hyperparameters: Any) -> None:
     Raises:
         ParameterError: On an unknown estimator, an unknown name or an ill-typed value.
     """
-    from mlops.training import ESTIMATORS
-
-    if estimator not in ESTIMATORS:
-        raise _fail("estimator", estimator, f"one of {sorted(ESTIMATORS)}")
+    if estimator not in ESTIMATOR_DEFAULTS:
+        raise _fail("estimator", estimator, f"one of {sorted(ESTIMATOR_DEFAULTS)}")
     if not isinstance(hyperparameters, Mapping):
         raise _fail("hyperparameters", hyperparameters, 'a JSON object, e.g. {"C": 0.5}')
-    defaults = ESTIMATORS[estimator]().get_params()
+    defaults = ESTIMATOR_DEFAULTS[estimator]
     for key, value in hyperparameters.items():
         if key not in defaults:
             raise _fail(

@@ -82,3 +82,15 @@ def test_a_string_or_number_hyperparameter_takes_either() -> None:
     params = {**VALID, "estimator": "random_forest"}
     check_parameters({**params, "hyperparameters": {"max_features": "sqrt", "n_estimators": 50}})
     check_parameters({**params, "hyperparameters": {"max_features": 0.5}})
+
+
+def test_the_estimator_table_is_the_pinned_scikit_learns() -> None:
+    """The check reads ``ESTIMATOR_DEFAULTS`` (no scikit-learn import); it must not drift."""
+    from mlops.estimators import ESTIMATOR_DEFAULTS
+    from mlops.training import ESTIMATORS
+
+    assert set(ESTIMATOR_DEFAULTS) == set(ESTIMATORS)
+    for name, estimator in ESTIMATORS.items():
+        assert ESTIMATOR_DEFAULTS[name] == estimator().get_params(), (
+            f"mlops/estimators.py is stale for {name}: copy {estimator.__name__}().get_params()"
+        )
