@@ -1,4 +1,4 @@
-"""Step 6 (KFP shell): apply the InferenceService (``serving.deploy``)."""
+"""Step 6 (KFP shell): register the version, apply the InferenceService (``serving.deploy``)."""
 
 from kfp import dsl
 
@@ -16,8 +16,12 @@ def deploy_model(
     target: str,
     state_dir: str,
     tracking_uri: str,
+    mlflow_run_id: str,
 ) -> str:
-    """Apply the InferenceService; move the MLflow alias ``champion`` or ``challenger``.
+    """Register the version in MLflow, apply the InferenceService, move the aliases.
+
+    Registered first, so that the alias ``champion`` or ``challenger`` can name it once the
+    InferenceService serves it; a version whose deploy fails stays registered, without alias.
 
     Args:
         storage_uri: The model version directory.
@@ -30,6 +34,7 @@ def deploy_model(
         target: ``local`` or ``kubernetes``.
         state_dir: The local state directory (local target).
         tracking_uri: MLflow tracking URI.
+        mlflow_run_id: The run that logged the model (registered once per run).
 
     Returns:
         The applied InferenceService as YAML.
@@ -38,9 +43,13 @@ def deploy_model(
 
     import yaml
 
+    from mlops import registry
     from serving.deploy import deploy_inference_service, sync_aliases
     from serving.inference_service import PredictorSettings, payload_sink_url
 
+    registry.register_version_once(
+        tracking_uri, model_name, mlflow_run_id, model_version, storage_uri
+    )
     settings = PredictorSettings(
         name=model_name,
         namespace=namespace,

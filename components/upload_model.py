@@ -1,4 +1,4 @@
-"""Step 5 (KFP shell): publish a new model version (``mlops.publishing``)."""
+"""Step 5 (KFP shell): publish a new model version to the store (``mlops.publishing``)."""
 
 from typing import NamedTuple
 
@@ -16,10 +16,12 @@ def upload_model(
     data_fingerprint: str,
     model_name: str,
     store_uri: str,
-    tracking_uri: str,
     mlflow_run_id: str,
 ) -> NamedTuple("Outputs", version=int, storage_uri=str):  # type: ignore[valid-type]  # noqa: UP014
-    """Publish ``<store>/<model_name>/<version>/{model.joblib,metadata.json}``; register it.
+    """Publish ``<store>/<model_name>/<version>/{model.joblib,metadata.json}``.
+
+    MLflow is not imported here (a second or two in a fresh interpreter): ``deploy_model``
+    registers the version, where MLflow is needed anyway to move the aliases.
 
     Args:
         model: The model that passed the gate.
@@ -28,8 +30,8 @@ def upload_model(
         data_fingerprint: sha256 of the training data.
         model_name: Name in the store and the registry.
         store_uri: A local directory or ``s3://bucket``.
-        tracking_uri: MLflow tracking URI.
-        mlflow_run_id: The run that logged this model.
+        mlflow_run_id: The run that logged this model (in the metadata; a step run again for
+            the same run returns the version it already published).
 
     Returns:
         The new version and its ``storage_uri``.
@@ -38,16 +40,9 @@ def upload_model(
     from collections import namedtuple
     from pathlib import Path
 
-    from mlops import registry
     from mlops.publishing import build_metadata, publish_model
 
     Outputs = namedtuple("Outputs", ["version", "storage_uri"])  # noqa: N806 (KFP's idiom)
-    # Idempotent per MLflow run: a step run again (a retry, a resumed run) must not publish an
-    # orphan second version of the same model.
-    published = registry.version_of_run(tracking_uri, model_name, mlflow_run_id)
-    if published is not None:
-        print(f"{model_name} version {published[0]} was already published by run {mlflow_run_id}")
-        return Outputs(*published)
     with open(reference.path) as handle:
         reference_stats = json.load(handle)
     metadata = build_metadata(
@@ -61,6 +56,5 @@ def upload_model(
     )
     metadata["mlflow_run_id"] = mlflow_run_id
     version, storage_uri = publish_model(store_uri, model_name, Path(model.path), metadata)
-    registry.register_version(tracking_uri, model_name, mlflow_run_id, version, storage_uri)
-    print(f"uploaded {model_name} version {version} to {storage_uri}")
+    print(f"{model_name} version {version} of run {mlflow_run_id} is at {storage_uri}")
     return Outputs(version, storage_uri)

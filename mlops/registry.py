@@ -180,6 +180,14 @@ def register_version(
     return str(version.version)
 
 
+def register_version_once(
+    tracking_uri: str, model_name: str, run_id: str, store_version: int, storage_uri: str
+) -> None:
+    """``register_version``, unless ``run_id`` already registered a version (a step run again)."""
+    if version_of_run(tracking_uri, model_name, run_id) is None:
+        register_version(tracking_uri, model_name, run_id, store_version, storage_uri)
+
+
 def version_of_alias(tracking_uri: str, model_name: str, alias: str) -> tuple[int, str] | None:
     """The ``(store_version, storage_uri)`` of the version holding ``alias``, or ``None``."""
     from mlflow.exceptions import MlflowException

@@ -142,7 +142,6 @@ def training_pipeline(
             data_fingerprint=validated.outputs["Output"],
             model_name=model_name,
             store_uri=store_uri,
-            tracking_uri=tracking_uri,
             mlflow_run_id=evaluated.outputs["mlflow_run_id"],
         ).set_caching_options(False)
         _s3_secret_as_env(uploaded, s3_credentials_secret)
@@ -156,6 +155,7 @@ def training_pipeline(
             target=deploy_target,
             state_dir=state_dir,
             tracking_uri=tracking_uri,
+            mlflow_run_id=evaluated.outputs["mlflow_run_id"],
         ).set_caching_options(False)
         _s3_secret_as_env(deployed, s3_credentials_secret)
         # Empty steps: the canary waits for `mlops promote` / `mlops rollback` (manual).
