@@ -223,10 +223,12 @@ def test_the_pipelines_cluster_deploy_logs_payloads_to_the_sink(
     api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from components.deploy_model import deploy_model
+    from mlops import registry
     from serving import deploy
 
-    # The aliases are not what this checks, and MLflow takes seconds to open a store.
+    # The registry is not what this checks, and MLflow takes seconds to open a store.
     monkeypatch.setattr(deploy, "sync_aliases", lambda *_: None)
+    monkeypatch.setattr(registry, "register_version_once", lambda *_: None)
 
     deploy_model.python_func(
         storage_uri=str(_store(tmp_path) / NAME / "1"),
@@ -238,6 +240,7 @@ def test_the_pipelines_cluster_deploy_logs_payloads_to_the_sink(
         target="kubernetes",
         state_dir=str(tmp_path),
         tracking_uri="unused",
+        mlflow_run_id="unused",
     )
     logger = api.cluster.objects[(NS, NAME)]["spec"]["predictor"]["logger"]
     assert logger["url"] == f"http://mlops-payload-sink.{NS}.svc.cluster.local/"
