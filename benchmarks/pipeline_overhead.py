@@ -2,9 +2,9 @@
 
 Every figure is a whole process, started fresh, so imports count on both sides:
 
-- ``direct``: one ``python`` process that calls the pipeline's step functions in turn (load,
-  validate, train, evaluate, MLflow run + registry, publish to the store, apply the
-  InferenceService locally), in a fresh state directory (first deploy, no champion);
+- ``direct``: one ``python`` process that calls the pipeline's step functions in turn (the
+  components' own functions: check, load, validate, train, evaluate, upload, deploy), in a
+  fresh state directory (first deploy, no champion);
 - ``mlops run, first``: ``mlops run`` in a fresh state directory (the same work, plus what KFP
   adds: one subprocess per step, artifact files between steps, the orchestrator, and the first
   set-up of the MLflow database);
@@ -33,43 +33,101 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_direct(home: Path) -> None:
-    """The pipeline's steps as plain function calls, in this process."""
-    import joblib
+    """The pipeline's step functions, called in turn in this process (no KFP in between).
 
-    from mlops import registry
-    from mlops.data import load_table
-    from mlops.evaluation import decide_deployment, score_classifier
-    from mlops.publishing import build_metadata, publish_model
+    They are the components' own Python functions (``python_func``), with the arguments
+    ``mlops run`` gives them and their artifacts in files under ``home``: the same code, so
+    the difference is exactly what kfp.local adds.
+    """
+    from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Metrics, Model
+
+    from components import (
+        check_parameters,
+        deploy_model,
+        evaluate,
+        load_data,
+        train,
+        upload_model,
+        validate_data,
+    )
     from mlops.settings import default_store_uri, default_tracking_uri
-    from mlops.training import fit_classifier, split_holdout
-    from mlops.validation import data_fingerprint, reference_statistics, validate_table
-    from serving.deploy import deploy_inference_service
-    from serving.inference_service import PredictorSettings
 
-    tracking_uri, label = default_tracking_uri(), "target"
-    frame = load_table("sklearn:breast_cancer")
-    validate_table(frame, label, min_rows=100)
-    reference, fingerprint = reference_statistics(frame, label), data_fingerprint(frame)
-    train_rows, holdout = split_holdout(frame, label, 0.2, seed=42)
+    files = home / "artifacts"
+    files.mkdir(parents=True)
+    label, name, tracking = "target", "breast-cancer", default_tracking_uri()
     hyperparameters = {"C": 1.0, "max_iter": 1000}
-    model = fit_classifier(train_rows, label, "logistic_regression", hyperparameters, 42)
-    model_path = home / "model.joblib"
-    joblib.dump(model, model_path)
-    features = holdout.drop(columns=[label]).to_numpy(dtype=float)
-    scores = score_classifier(model, features, holdout[label].to_numpy())
-    decision = decide_deployment(scores, None, min_accuracy=0.9, max_degradation=0.02)
-    params = {"estimator": "logistic_regression", "hyperparameters": hyperparameters}
-    run_id = registry.log_training_run(
-        tracking_uri, "breast-cancer", params, scores, model_path, {"deploy": str(decision.deploy)}
+    check_parameters.python_func(
+        model_name=name,
+        canary_traffic_percent=10,
+        test_size=0.2,
+        min_accuracy=0.9,
+        max_degradation=0.02,
+        label_noise=0.0,
+        min_rows=100,
+        seed=42,
+        estimator="logistic_regression",
+        hyperparameters=hyperparameters,
+        namespace="default",
+        service_account="kserve-minio-sa",
+        deploy_target="local",
     )
-    metadata = build_metadata(
-        model_path, scores, fingerprint, params, reference, list(frame.columns[:-1]), "1.5.2"
+    dataset = Dataset(uri=str(files / "dataset"))
+    load_data.python_func(source="sklearn:breast_cancer", dataset=dataset)
+    reference = Artifact(uri=str(files / "reference"))
+    fingerprint = validate_data.python_func(
+        dataset=dataset, label_column=label, min_rows=100, expected_columns=[], reference=reference
     )
-    version, uri = publish_model(default_store_uri(), "breast-cancer", model_path, metadata)
-    registry.register_version(tracking_uri, "breast-cancer", run_id, version, uri)
-    settings = PredictorSettings(name="breast-cancer", storage_uri=uri, model_version=version)
-    deploy_inference_service(settings, "local", home)
-    registry.move_alias(tracking_uri, "breast-cancer", version, registry.CHAMPION)
+    model, holdout = Model(uri=str(files / "model")), Dataset(uri=str(files / "holdout"))
+    train.python_func(
+        dataset=dataset,
+        label_column=label,
+        estimator="logistic_regression",
+        hyperparameters=hyperparameters,
+        test_size=0.2,
+        seed=42,
+        label_noise=0.0,
+        model=model,
+        holdout=holdout,
+    )
+    metrics = Metrics(uri=str(files / "metrics"))
+    deploy, _, run_id = evaluate.python_func(
+        model=model,
+        holdout=holdout,
+        label_column=label,
+        model_name=name,
+        min_accuracy=0.9,
+        max_degradation=0.02,
+        tracking_uri=tracking,
+        deploy_target="local",
+        namespace="default",
+        state_dir=str(home),
+        data_source="sklearn:breast_cancer",
+        data_fingerprint=fingerprint,
+        metrics=metrics,
+        classification=ClassificationMetrics(uri=str(files / "curves")),
+    )
+    assert deploy, "a first run deploys"
+    version, storage_uri = upload_model.python_func(
+        model=model,
+        metrics=metrics,
+        reference=reference,
+        data_fingerprint=fingerprint,
+        model_name=name,
+        store_uri=default_store_uri(),
+        mlflow_run_id=run_id,
+    )
+    deploy_model.python_func(
+        storage_uri=storage_uri,
+        model_version=version,
+        model_name=name,
+        namespace="default",
+        canary_traffic_percent=10,
+        service_account="kserve-minio-sa",
+        target="local",
+        state_dir=str(home),
+        tracking_uri=tracking,
+        mlflow_run_id=run_id,
+    )
 
 
 def _timed_process(command: list[str], home: Path) -> float:
