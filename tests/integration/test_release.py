@@ -46,7 +46,7 @@ def _dev_version(home: Path, model_file: Path, *, deploy: bool, reason: str) -> 
                 "mlflow_run_id": run_id}
     metadata.pop(signing.SIGNATURE_FIELD)
     version = store.publish(MODEL, model_file, metadata)
-    if deploy:  # the upload step registers what it publishes; a gated run publishes nothing
+    if deploy:  # the deploy step registers what upload published; a gated run publishes nothing
         registry.register_version(tracking, MODEL, run_id, version,
                                   store.version_uri(MODEL, version))
     return version
