@@ -213,7 +213,7 @@ def gate_record(
 
     The signed ``metadata.json`` names the MLflow run that evaluated the model; that run's
     ``deploy`` tag is the gate's decision (``components/evaluate.py``), and the source registry
-    must hold this very store version from that run (``components/upload_model.py``).
+    must hold this very store version from that run (registered by ``components/deploy_model.py``).
 
     Raises:
         ReleaseRefused: When any link is missing; the message says which and why.
