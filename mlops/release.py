@@ -98,14 +98,21 @@ def release_version(
         )
         sha256 = str(metadata["sha256"])
         gate = gate_record(source, model_name, version, metadata)
-        _refuse_second_release(destination_store, model_name, source_store.uri, version, sha256)
         # Read what the destination serves and its registry now: a broken state or an
         # unreachable MLflow stops the release here, before its store is written.
-        deployed_versions(
+        serving_now = deployed_versions(
             model_name,
             destination.target,
             state_dir=destination.state_dir,
             namespace=destination.namespace,
+        )
+        _refuse_second_release(
+            destination_store,
+            model_name,
+            source_store.uri,
+            version,
+            sha256,
+            {serving_now.stable, serving_now.canary} if serving_now else set(),
         )
         registry.version_of_alias(destination.tracking_uri, model_name, registry.CHAMPION)
         destination_key = destination.signing_key(create=True)
@@ -249,8 +256,19 @@ def gate_record(
 
 
 def _refuse_second_release(
-    store: Any, model_name: str, source_store: str, version: int, sha256: str
+    store: Any,
+    model_name: str,
+    source_store: str,
+    version: int,
+    sha256: str,
+    serving: set[str | None],
 ) -> None:
+    """Refuse a version the destination already holds; name the way out if it does not serve.
+
+    ``serving``: the destination versions that take traffic now (stable and canary). A copy
+    that does not serve was rolled back, or its deploy failed after the copy: a release would
+    not fix either, ``mlops deploy`` in that environment does.
+    """
     for existing in store.versions(model_name):
         metadata = store.read_metadata(model_name, existing)
         lineage = metadata.get(LINEAGE_FIELD) or {}
@@ -259,8 +277,14 @@ def _refuse_second_release(
         )
         if same_origin or metadata.get("sha256") == sha256:
             where = store.version_uri(model_name, existing)
+            way_out = (
+                "use `mlops promote`/`mlops rollback` to change what serves"
+                if str(existing) in serving
+                else f"it does not serve there (rolled back, or its deploy failed): "
+                f"`mlops deploy {existing}` with that environment's settings deploys it again"
+            )
             raise ReleaseRefused(
                 f"version {version} of {model_name!r} in {source_store} (sha256 {sha256[:12]}) is "
                 f"already released as version {existing} ({where}): a version is released "
-                "once; use `mlops promote`/`mlops rollback` to change what serves"
+                f"once; {way_out}"
             )

@@ -175,6 +175,22 @@ def test_a_second_release_of_the_same_version_is_refused(released: dict) -> None
     again = released["again"]
     assert again.exit_code == 1
     assert "is already released as version 1" in again.output
+    assert "use `mlops promote`/`mlops rollback` to change what serves" in again.output
+
+
+def test_a_released_copy_that_does_not_serve_is_refused_with_the_deploy_that_fixes_it(
+    tmp_path: Path,
+) -> None:
+    """Its deploy failed after the copy (or it was rolled back): `mlops deploy` is the way out."""
+    from mlops.release import LINEAGE_FIELD, ReleaseRefused, _refuse_second_release
+
+    store = LocalStore(tmp_path / "prod-store")
+    (tmp_path / "model.joblib").write_bytes(b"a model")
+    lineage = {"source_store": "file:///dev-store", "source_version": 3}
+    store.publish(MODEL, tmp_path / "model.joblib", {"sha256": "ab" * 32, LINEAGE_FIELD: lineage})
+    with pytest.raises(ReleaseRefused, match=r"already released as version 1 .*it does not serve"
+                       r" there \(rolled back, or its deploy failed\): `mlops deploy 1`"):
+        _refuse_second_release(store, MODEL, "file:///dev-store", 3, "cd" * 32, {"2", None})
 
 
 def test_an_ungated_version_is_refused_with_the_gates_reason(released: dict) -> None:
