@@ -339,6 +339,24 @@ def record_predictions(
         label = str(value) if str(value) in classes else OTHER_CLASS
         _child(PREDICTIONS, (*labels, label)).inc(count)
     if top_probabilities is not None:
-        histogram = _child(PROBABILITY, labels)
-        for probability in np.asarray(top_probabilities, dtype=float).tolist():
-            histogram.observe(probability)
+        observe_all(_child(PROBABILITY, labels), np.asarray(top_probabilities, dtype=float))
+
+
+def observe_all(histogram: Any, values: Any) -> None:
+    """``histogram.observe(value)`` for each of ``values``, with one write per bucket.
+
+    prometheus_client has no batch observe, and in multiprocess mode every ``observe`` is two
+    locked writes to a memory-mapped file: 0.3 ms for the 100 rows sampled from a large
+    request, a tenth of its time. This adds the same counts to the same buckets (a value goes
+    to the first bucket whose bound it does not exceed, as in ``observe``) and the same sum,
+    through the histogram's own bucket values; a test checks both give the same samples.
+    """
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=False):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))

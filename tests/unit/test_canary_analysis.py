@@ -201,3 +201,25 @@ def test_reference_fractions_come_from_the_metadata() -> None:
     metadata = {"reference_statistics": {"features": {"f": {"bin_fractions": [0.5, 0.5]}}}}
     assert reference_fractions(metadata) == {"f": [0.5, 0.5]}
     assert reference_fractions({}) == {}
+
+
+def test_observing_a_batch_gives_the_samples_observing_each_value_gives() -> None:
+    """``observe_all`` writes bucket counts directly; it must stay what ``observe`` writes."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from serving.observability import observe_all
+
+    values = [0.0, 0.1, 0.1000001, 0.55, 0.9, 0.95, 1.0, 1.0, 0.3, 0.7, 2.0]
+    one_by_one, batched = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    each = Histogram("p", "p", ["m"], buckets=buckets, registry=one_by_one).labels("a")
+    for value in values:
+        each.observe(value)
+    observe_all(Histogram("p", "p", ["m"], buckets=buckets, registry=batched).labels("a"), values)
+
+    def samples(registry: CollectorRegistry) -> list:
+        found = [(s.name, s.labels, s.value) for m in registry.collect() for s in m.samples]
+        return [sample for sample in found if sample[0] != "p_created"]  # a timestamp
+
+    assert samples(batched) == samples(one_by_one)
+    assert ("p_bucket", {"m": "a", "le": "0.1"}, 2.0) in samples(batched)  # 0.0 and 0.1
