@@ -83,5 +83,5 @@ def test_a_run_is_registered_once_however_often_its_deploy_runs(tmp_path: Path) 
         registry.register_version_once(uri, "m", "run-a", 1, "file:///store/m/1/")
     from mlflow import MlflowClient
 
-    versions = MlflowClient(registry_uri=uri).search_model_versions("name='m'")
+    versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='m'")
     assert [(v.run_id, v.tags["store_version"]) for v in versions] == [("run-a", "1")]
