@@ -28,8 +28,8 @@ NEEDS = {
     "validate_data": {"pandas"},
     "train": {"pandas", "sklearn"},
     "evaluate": {"pandas", "sklearn"},  # mlflow when it logs; kserve/kubernetes never locally
-    "upload_model": set(),
-    "deploy_model": set(),  # kserve's typed classes when it builds the InferenceService
+    "upload_model": set(),  # and none when it runs (test_upload_model.py)
+    "deploy_model": set(),  # MLflow and kserve's typed classes when it runs, not at import
 }
 
 
