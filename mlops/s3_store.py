@@ -20,11 +20,10 @@ from mlops.store import (
     METADATA_FILE,
     MODEL_FILE,
     StoreError,
-    check_model_file,
+    checked_signing_key,
     claim_next_version,
     metadata_bytes,
     parse_metadata,
-    signing_key_for_publish,
 )
 
 
@@ -157,9 +156,7 @@ class S3Store:
         metadata: dict[str, Any],
         signing_key: bytes | None = None,
     ) -> int:
-        check_model_file(model_file)
-        metadata_bytes(metadata)  # fails before anything is written
-        key = signing_key or signing_key_for_publish()
+        key = checked_signing_key(model_file, metadata, signing_key)
         # Single PUTs (S3 allows 5 GB): a conditional create cannot go through minio-py's
         # multipart upload, whose completion takes no extra headers.
         model_bytes = model_file.read_bytes()

@@ -147,16 +147,6 @@ def metadata_bytes(metadata: dict[str, Any]) -> bytes:
         raise StoreError(f"metadata cannot be written as JSON: {err}") from err
 
 
-def check_model_file(model_file: Path) -> None:
-    """Refuse a model file that is not there, before anything is written.
-
-    Raises:
-        StoreError: When ``model_file`` is not a file.
-    """
-    if not model_file.is_file():
-        raise StoreError(f"could not publish {model_file}: no such file")
-
-
 def claim_next_version(
     taken: Callable[[], list[int]], claim: Callable[[int], bool], where: str
 ) -> int:
@@ -180,12 +170,26 @@ def claim_next_version(
     )
 
 
-def signing_key_for_publish() -> bytes:
-    """The key a publish signs with (created on a first local publish).
+def checked_signing_key(
+    model_file: Path, metadata: dict[str, Any], signing_key: bytes | None
+) -> bytes:
+    """What every ``publish`` checks before it writes anything; the key it signs with.
+
+    Args:
+        model_file: The model file to publish: it must be a file.
+        metadata: Its metadata: it must serialize (``metadata_bytes``).
+        signing_key: The caller's key, or ``None`` for this machine's (created on a first
+            local publish).
 
     Raises:
-        StoreError: When no key can be had; the message says how to set one.
+        StoreError: When the file is missing, the metadata does not serialize, or no key can
+            be had (the message says how to set one).
     """
+    if not model_file.is_file():
+        raise StoreError(f"could not publish {model_file}: no such file")
+    metadata_bytes(metadata)
+    if signing_key:
+        return signing_key
     try:
         return signing.signing_key(create=True)
     except (signing.SignatureError, OSError) as err:
@@ -300,9 +304,7 @@ class LocalStore:
         metadata: dict[str, Any],
         signing_key: bytes | None = None,
     ) -> int:
-        check_model_file(model_file)
-        metadata_bytes(metadata)  # fails before anything is written
-        key = signing_key or signing_key_for_publish()
+        key = checked_signing_key(model_file, metadata, signing_key)
         base = self._model_dir(model_name)
         try:
             base.mkdir(parents=True, exist_ok=True)
