@@ -141,57 +141,34 @@ def serve(
     # Metrics that add up across workers: set before prometheus_client is imported.
     metrics_dir = use_private_metrics_dir() if workers > 1 else None
     try:
-        _serve(
-            name,
-            host,
-            port,
-            poll_interval,
-            max_body_bytes,
-            auth_token_file,
-            allow_unauthenticated,
-            (max_header_bytes, header_timeout, body_timeout, max_connections),
-            workers,
+        # KServe's model_server parses sys.argv when first imported: keep mlops's options from it.
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            from serving.server import ServerSettings, run_server
+        finally:
+            sys.argv = argv
+
+        from serving.limits import ConnectionLimits
+
+        limits = ConnectionLimits(max_header_bytes, header_timeout, body_timeout, max_connections)
+        settings = ServerSettings(
+            name=name,
+            state_dir=state_dir(),
+            host=host,
+            port=port,
+            poll_interval_s=poll_interval,
+            max_body_bytes=max_body_bytes,
+            auth_token=_token(auth_token_file),
+            allow_unauthenticated=allow_unauthenticated,
+            limits=limits,
+            workers=workers,
         )
+        processes = f", {workers} worker processes" if workers > 1 else ""
+        click.echo(f"serving {name} at {settings.url}{processes} (Ctrl-C to stop)", err=True)
+        run_server(settings)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _serve(
-    name: str,
-    host: str,
-    port: int,
-    poll_interval: float,
-    max_body_bytes: int,
-    auth_token_file: Path | None,
-    allow_unauthenticated: bool,
-    limits: tuple[int, float, float, int],
-    workers: int,
-) -> None:
-    # KServe's model_server parses sys.argv when first imported: keep mlops's options from it.
-    argv, sys.argv = sys.argv, sys.argv[:1]
-    try:
-        from serving.server import ServerSettings, run_server
-    finally:
-        sys.argv = argv
-
-    from serving.limits import ConnectionLimits
-
-    settings = ServerSettings(
-        name=name,
-        state_dir=state_dir(),
-        host=host,
-        port=port,
-        poll_interval_s=poll_interval,
-        max_body_bytes=max_body_bytes,
-        auth_token=_token(auth_token_file),
-        allow_unauthenticated=allow_unauthenticated,
-        limits=ConnectionLimits(*limits),
-        workers=workers,
-    )
-    processes = f", {workers} worker processes" if workers > 1 else ""
-    click.echo(f"serving {name} at {settings.url}{processes} (Ctrl-C to stop)", err=True)
-    run_server(settings)
 
 
 @click.command()
