@@ -17,83 +17,42 @@ from serving.canary_analysis import Thresholds
 _DEFAULTS = Thresholds()
 
 
+# (option, Thresholds field, type, help): one option per threshold, its default the field's.
+_THRESHOLD_OPTIONS = (
+    ("--min-requests", "min_requests", click.IntRange(1),
+     "Canary requests a window needs to be judged; fewer: hold."),
+    ("--max-holds", "max_holds", click.IntRange(0),
+     "Holds in a row at one step before rolling back for lack of traffic."),
+    ("--max-error-rate-increase", "max_error_rate_increase", click.FloatRange(0, 1),
+     "Canary 5xx rate minus stable 5xx rate."),
+    ("--max-p99-ratio", "max_p99_ratio", click.FloatRange(1),
+     "Canary p99 latency over stable p99 (and at least --min-p99-increase slower)."),
+    ("--min-p99-increase", "min_p99_increase_s", click.FloatRange(0),
+     "Seconds a slower p99 must also add before it fails."),
+    ("--max-class-divergence", "max_class_divergence", click.FloatRange(0, 1),
+     "Jensen-Shannon divergence of predicted classes, canary vs stable."),
+    ("--max-probability-divergence", "max_probability_divergence", click.FloatRange(0, 1),
+     "Jensen-Shannon divergence of the predicted class's probability histogram."),
+    ("--max-input-psi", "max_input_psi", click.FloatRange(0),
+     "Largest per-feature PSI of canary inputs vs its training data."),
+    ("--min-drift-rows", "min_drift_rows", click.IntRange(1),
+     "Canary rows a window needs before input drift is judged."),
+    ("--min-shadow-agreement", "min_shadow_agreement", click.FloatRange(0, 1),
+     "Share of mirrored requests the canary must answer as the stable did."),
+)  # fmt: skip
+
+
 def _threshold_options(func: Any) -> Any:
     """One option per threshold, defaults from ``Thresholds`` (the README gives the reasons)."""
-    options = [
-        click.option(
-            "--min-requests",
-            type=click.IntRange(1),
-            default=_DEFAULTS.min_requests,
+    for flag, field, kind, help_text in reversed(_THRESHOLD_OPTIONS):
+        func = click.option(
+            flag,
+            field,
+            type=kind,
+            default=getattr(_DEFAULTS, field),
             show_default=True,
-            help="Canary requests a window needs to be judged; fewer: hold.",
-        ),
-        click.option(
-            "--max-holds",
-            type=click.IntRange(0),
-            default=_DEFAULTS.max_holds,
-            show_default=True,
-            help="Holds in a row at one step before rolling back for lack of traffic.",
-        ),
-        click.option(
-            "--max-error-rate-increase",
-            type=click.FloatRange(0, 1),
-            default=_DEFAULTS.max_error_rate_increase,
-            show_default=True,
-            help="Canary 5xx rate minus stable 5xx rate.",
-        ),
-        click.option(
-            "--max-p99-ratio",
-            type=click.FloatRange(1),
-            default=_DEFAULTS.max_p99_ratio,
-            show_default=True,
-            help="Canary p99 latency over stable p99 (and at least --min-p99-increase slower).",
-        ),
-        click.option(
-            "--min-p99-increase",
-            "min_p99_increase_s",
-            type=click.FloatRange(0),
-            default=_DEFAULTS.min_p99_increase_s,
-            show_default=True,
-            help="Seconds a slower p99 must also add before it fails.",
-        ),
-        click.option(
-            "--max-class-divergence",
-            type=click.FloatRange(0, 1),
-            default=_DEFAULTS.max_class_divergence,
-            show_default=True,
-            help="Jensen-Shannon divergence of predicted classes, canary vs stable.",
-        ),
-        click.option(
-            "--max-probability-divergence",
-            type=click.FloatRange(0, 1),
-            default=_DEFAULTS.max_probability_divergence,
-            show_default=True,
-            help="Jensen-Shannon divergence of the predicted class's probability histogram.",
-        ),
-        click.option(
-            "--max-input-psi",
-            type=click.FloatRange(0),
-            default=_DEFAULTS.max_input_psi,
-            show_default=True,
-            help="Largest per-feature PSI of canary inputs vs its training data.",
-        ),
-        click.option(
-            "--min-drift-rows",
-            type=click.IntRange(1),
-            default=_DEFAULTS.min_drift_rows,
-            show_default=True,
-            help="Canary rows a window needs before input drift is judged.",
-        ),
-        click.option(
-            "--min-shadow-agreement",
-            type=click.FloatRange(0, 1),
-            default=_DEFAULTS.min_shadow_agreement,
-            show_default=True,
-            help="Share of mirrored requests the canary must answer as the stable did.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
+            help=help_text,
+        )(func)
     return func
 
 
