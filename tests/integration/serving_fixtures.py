@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from tests.integration.serving_helpers import Served, deploy, fit, publish, start_server
+from tests.integration.serving_helpers import Served, deploy_champion_and_canary, start_server
 
 
 @pytest.fixture(scope="module")
@@ -17,11 +17,7 @@ def canary_server(
     """Versions 1 and 2 deployed as `mlops run` twice would (2 is a 10% canary), served."""
     home = tmp_path_factory.mktemp("serving") / ".mlops"
     tmp = tmp_path_factory.mktemp("models")
-    models = {"1": fit(breast_cancer, 1.0), "2": fit(breast_cancer, 0.001)}
-    for version, model in models.items():
-        number, uri = publish(home, model, breast_cancer, tmp)
-        assert str(number) == version
-        deploy(home, number, uri, canary=10)
+    models = deploy_champion_and_canary(home, breast_cancer, tmp)
     server = start_server(home, "--max-body-bytes", str(1024 * 1024))
     rows = breast_cancer.drop(columns=["target"]).to_numpy(dtype=float)
     try:

@@ -103,6 +103,20 @@ def deploy(home: Path, version: int, storage_uri: str, canary: int | None = None
     return deploy_inference_service(settings, "local", home)
 
 
+def deploy_champion_and_canary(home: Path, frame: pd.DataFrame, tmp: Path) -> dict[str, Pipeline]:
+    """Versions 1 and 2 deployed as `mlops run` twice would: 2 is a 10% canary of 1.
+
+    Returns:
+        The two models, by version.
+    """
+    models = {"1": fit(frame, 1.0), "2": fit(frame, 0.001)}
+    for expected, model in models.items():
+        version, uri = publish(home, model, frame, tmp)
+        assert str(version) == expected
+        deploy(home, version, uri, canary=10)
+    return models
+
+
 def mlops(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the ``mlops`` CLI with ``MLOPS_HOME=home`` (and ``env``); its exit code and output."""
     environ = {**os.environ, "MLOPS_HOME": str(home), **env}

@@ -14,6 +14,7 @@ from tests.integration.s3_server import S3Server
 from tests.integration.serving_helpers import (
     NAME,
     deploy,
+    deploy_champion_and_canary,
     fit,
     free_port,
     mlops,
@@ -30,9 +31,7 @@ def test_a_champion_that_fails_to_load_answers_503_keeps_its_share_and_recovers(
     tmp_path: Path, breast_cancer: pd.DataFrame
 ) -> None:
     home = tmp_path / ".mlops"
-    for c in (1.0, 0.001):
-        version, uri = publish(home, fit(breast_cancer, c), breast_cancer, tmp_path)
-        deploy(home, version, uri, canary=10)
+    deploy_champion_and_canary(home, breast_cancer, tmp_path)
     model_file = home / "store" / NAME / "1" / "model.joblib"
     good = model_file.read_bytes()
     model_file.write_bytes(b"not the model")

@@ -13,6 +13,7 @@ import pandas as pd
 from tests.integration.serving_helpers import (
     NAME,
     deploy,
+    deploy_champion_and_canary,
     fit,
     free_port,
     mlops,
@@ -27,9 +28,7 @@ def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(
     tmp_path: Path, breast_cancer: pd.DataFrame
 ) -> None:
     home = tmp_path / ".mlops"
-    for c in (1.0, 0.001):
-        version, uri = publish(home, fit(breast_cancer, c), breast_cancer, tmp_path)
-        deploy(home, version, uri, canary=10)
+    deploy_champion_and_canary(home, breast_cancer, tmp_path)
     server = start_server(home)
     url = f"{server.url}/v2/models/{NAME}/infer"
     body = json.dumps(v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:5]))

@@ -18,10 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.serving_helpers import (
     NAME,
     ServerProcess,
-    deploy,
-    fit,
+    deploy_champion_and_canary,
     mlops,
-    publish,
     start_server,
     v2_body,
     wait_for,
@@ -55,9 +53,7 @@ def served(
     """Versions 1 and 2 (a 10% canary) served by `mlops serve --workers 3`."""
     home = tmp_path_factory.mktemp("workers") / ".mlops"
     tmp = tmp_path_factory.mktemp("models")
-    for c in (1.0, 0.001):
-        version, uri = publish(home, fit(breast_cancer, c), breast_cancer, tmp)
-        deploy(home, version, uri, canary=10)
+    deploy_champion_and_canary(home, breast_cancer, tmp)
     server = start_server(home, "--workers", str(WORKERS))
     try:
         yield server, home
@@ -118,9 +114,7 @@ def test_promote_then_rollback_under_concurrent_clients_fail_no_request_in_any_w
     tmp_path: Path, breast_cancer: pd.DataFrame
 ) -> None:
     home = tmp_path / ".mlops"
-    for c in (1.0, 0.001):
-        version, uri = publish(home, fit(breast_cancer, c), breast_cancer, tmp_path)
-        deploy(home, version, uri, canary=10)
+    deploy_champion_and_canary(home, breast_cancer, tmp_path)
     server = start_server(home, "--workers", str(WORKERS))
     url = f"{server.url}/v2/models/{NAME}/infer"
     body = json.dumps(v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:5]))
