@@ -27,9 +27,11 @@ def release(
 ) -> None:
     """Release VERSION of the model from one environment to another, as a new version there.
 
-    Checks the version's signature and sha256 and that it passed the source's gate, copies it
-    into the destination's store as a new version (sha256 checked again there, lineage
-    recorded), registers it in the destination's MLflow and deploys it there as a canary.
+    Checks the version's signature and sha256, that it passed the source's gate and that the
+    source's rollout promoted it (or it serves all of the source's traffic; a rolled-back
+    version is refused), claims it once in the destination's store, copies it there as a new
+    version (sha256 checked again there, lineage recorded), registers it in the destination's
+    MLflow and deploys it there as a canary. A version is released once.
     """
     from mlops.environments import environment
 
@@ -50,6 +52,7 @@ def release(
         # MLflow's errors are not ValueErrors: one line, not a traceback.
         raise click.ClickException(f"MLflow refused or is unreachable: {err.message}") from err
     click.echo(f"gate:       {done.lineage['source_gate_reason']}")
+    click.echo(f"rollout:    {done.lineage['source_rollout']}")
     click.echo(f"sha256:     {done.sha256} (checked in {done.source} and {done.destination})")
     click.echo(f"version:    {done.destination} version {done.version} at {done.storage_uri}")
     click.echo(f"registered: MLflow version {done.mlflow_version} ({destination_env.tracking_uri})")
