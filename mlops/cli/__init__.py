@@ -17,8 +17,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
-            sys.exit(130)
+        except KeyboardInterrupt as err:
+            # A run stopped by a signal says so and exits 128 + the signal (pipelines.local).
+            if str(err):
+                click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(getattr(err, "exit_code", 130))
         except (ValueError, LookupError, RuntimeError, OSError) as err:
             click.secho(f"error: {err}", fg="red", err=True)
             sys.exit(1)

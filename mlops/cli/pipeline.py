@@ -100,7 +100,14 @@ def pipeline_options(func: Any) -> Any:
     help="auto: after deploying a canary, run `mlops rollout` with its defaults on the "
     "running `mlops serve` (exit 0 promoted, 3 rolled back); manual: leave the canary.",
 )
-def run(verbose: bool, rollout: str, **arguments: Any) -> None:
+@click.option(
+    "--keep-runs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Keep the step artifacts of this many newest runs under <state dir>/pipeline_root.",
+)
+def run(verbose: bool, rollout: str, keep_runs: int, **arguments: Any) -> None:
     """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService."""
     from pipelines.local import run_locally
 
@@ -108,7 +115,7 @@ def run(verbose: bool, rollout: str, **arguments: Any) -> None:
         from mlops.cli.rollout import check_server
 
         check_server(arguments["model_name"])
-    summary = run_locally(arguments, state_dir(), verbose=verbose)
+    summary = run_locally(arguments, state_dir(), verbose=verbose, keep_runs=keep_runs)
     click.echo("")
     for key, value in sorted(summary.metrics.items()):
         click.echo(f"  {key:<20} {value:.4f}")
