@@ -7,6 +7,7 @@ kfp.dsl.executor_main``, ``kfp/local/subprocess_task_handler.py``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,17 +35,25 @@ def _clean_env(home: Path) -> dict[str, str]:
     return {**env, "MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT)}
 
 
-def _running_step(run: subprocess.Popen[str], timeout_s: float = 120) -> list[psutil.Process]:
-    """Wait until a step runs under ``run``; return the whole tree below it then."""
+def _running_step(
+    run: subprocess.Popen[str], task: str, timeout_s: float = 180
+) -> list[psutil.Process]:
+    """Wait until step ``task`` runs under ``run``; return the whole tree below it then.
+
+    A step's executor input names its outputs under ``<pipeline_root>/<run>/<task>/``.
+    """
     deadline = time.monotonic() + timeout_s
     parent = psutil.Process(run.pid)
     while time.monotonic() < deadline:
-        assert run.poll() is None, "mlops run ended before any step ran"
+        assert run.poll() is None, f"mlops run ended before {task} ran"
         tree = parent.children(recursive=True)
-        if any("kfp.dsl.executor_main" in " ".join(p.cmdline()) for p in _alive(tree)):
-            return tree
+        for process in _alive(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                command = " ".join(process.cmdline())
+                if "kfp.dsl.executor_main" in command and f"/{task}/" in command:
+                    return tree
         time.sleep(0.05)
-    raise AssertionError("no step started within the timeout")
+    raise AssertionError(f"{task} did not start within the timeout")
 
 
 def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -69,8 +78,9 @@ def test_a_signal_to_mlops_run_stops_its_step_and_no_step_process_outlives_the_r
     )
     steps: list[psutil.Process] = []
     try:
-        steps = _running_step(run)
-        time.sleep(0.5)  # mid-step, not while it is being started
+        # evaluate takes seconds (it opens MLflow): the signal comes while it works.
+        steps = _running_step(run, "evaluate")
+        time.sleep(0.5)
         run.send_signal(signum)
         output, _ = run.communicate(timeout=120)
         survivors = _alive(steps)
@@ -79,7 +89,7 @@ def test_a_signal_to_mlops_run_stops_its_step_and_no_step_process_outlives_the_r
             process.kill()
         if run.poll() is None:
             run.kill()
-    assert survivors == [], [p.cmdline()[:4] for p in survivors]
+    assert survivors == [], f"step processes outlived the run: {[p.pid for p in survivors]}"
     assert run.returncode == 128 + signum, output
     assert f"stopped by {signum.name}: the running step was sent {signum.name}" in output
     # The last step started is the stopped one: it failed, and nothing ran after it.
