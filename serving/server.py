@@ -163,7 +163,7 @@ class LocalModelServer(ModelServer):
             models: The models to serve.
             sockets: Listening sockets to accept from (a forked worker's); None binds the port.
         """
-        self._register_and_check_atleast_one_model_is_ready(models)
+        self._register(models)
         rest = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
@@ -187,6 +187,48 @@ class LocalModelServer(ModelServer):
             self.setup_event_loop()
             self.register_signal_handler()
             runner.run(self._serve())
+
+
+    def _register(self, models: list[Any]) -> None:
+        """Register and start ``models`` even when none is ready yet.
+
+        KServe's ``ModelServer`` registers only ready models and refuses to start without one
+        (``_register_and_check_atleast_one_model_is_ready``, kserve v0.20.0
+        ``python/kserve/kserve/model_server.py``). The canary router is registered whatever its
+        revisions' state: one that failed to load is answered 503 with ``Retry-After`` and
+        loaded again by the router's retries, at start as at run time.
+        """
+        for model in models:
+            self.register_model(model)
+            model.enable_latency_logging = self.enable_latency_logging
+            model.start()
+
+
+class RetryAfterMiddleware:
+    """Add ``Retry-After`` (the router's next load) to a 503 that has none.
+
+    KServe answers 503 for a model that is not ready (``model_not_ready_handler``) without
+    saying when to come back; the router knows when it loads a failed revision again.
+    """
+
+    def __init__(self, app: Any, router: CanaryRouter) -> None:
+        """Wrap ``app``; ``router`` says when its next load is due."""
+        self.app, self.router = app, router
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: D102
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    seconds = str(int(self.router.retry_after_s())).encode()
+                    message = {**message, "headers": [*headers, (b"retry-after", seconds)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
 
 
 async def _serve_on(rest: RESTServer, sockets: list[socket.socket]) -> None:
@@ -316,6 +358,7 @@ def install(
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     app.add_middleware(AuthMiddleware, token=auth_token)
+    app.add_middleware(RetryAfterMiddleware, router=router)
     app.add_middleware(
         ObservabilityMiddleware,
         max_body_bytes=max_body_bytes,
@@ -441,7 +484,6 @@ def run_server(settings: ServerSettings) -> None:
 
     Raises:
         local_controller.NotDeployedError: When nothing named ``settings.name`` is deployed.
-        RuntimeError: When no revision could be loaded.
         OSError: When the port is taken.
     """
     import kserve.model_server
@@ -460,10 +502,16 @@ def run_server(settings: ServerSettings) -> None:
     router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)
     router.load()
     if not router.ready:
+        # Served anyway, as at run time: 503 with Retry-After while the router retries.
         isvc = local_controller.read_state(settings.name, settings.state_dir)["inferenceService"]
         conditions = isvc.get("status", {}).get("conditions", [])
         why = "; ".join(c.get("message", "") for c in conditions if c.get("message"))
-        raise RuntimeError(f"no revision of {settings.name!r} could be loaded: {why or 'unknown'}")
+        logging.getLogger("mlops.serving").error(
+            "no revision of %r that takes traffic could be loaded (%s): serving 503 with "
+            "Retry-After and loading it again (1 s, doubling, at most 60 s apart)",
+            settings.name,
+            why or "unknown",
+        )
     shares = ConnectionShares(settings.workers) if sock is not None else None
     server = LocalModelServer(
         settings.host,
