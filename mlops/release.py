@@ -187,9 +187,7 @@ def release_version(
         service_account=destination.predictor_service_account,
         # A prod rollout judges the payload logger's events, as the pipeline's deploy does.
         payload_logger_url=(
-            payload_sink_url(destination.namespace)
-            if destination.target == "kubernetes"
-            else None
+            payload_sink_url(destination.namespace) if destination.target == "kubernetes" else None
         ),
     )
     try:
@@ -386,8 +384,7 @@ def _claim_release(
     except ValueError:
         held = {}
     holder = (
-        f"claimed at {held.get('claimed_at')} by process {held.get('pid')} on "
-        f"{held.get('host')}"
+        f"claimed at {held.get('claimed_at')} by process {held.get('pid')} on {held.get('host')}"
         if isinstance(held, dict) and held.get("claimed_at")
         else "claimed"
     )

@@ -249,9 +249,13 @@ def _step_launcher(steps: _StepProcesses) -> Callable[..., int]:
             return 128 + steps.stopped_by
         env = {**os.environ, **env_vars} if env_vars else None
         with subprocess.Popen(
-            full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, env=env,
-        ) as process:  # fmt: skip
+            full_command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,  # line by line, as kfp.local does
+            env=env,
+        ) as process:
             steps.live.add(process)
             try:
                 if steps.stopped_by:  # the signal came while the step was being started
@@ -282,7 +286,7 @@ def _forwarding_signals(steps: _StepProcesses) -> Iterator[None]:
         return
     previous = {sig: signal.signal(sig, steps.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     original = subprocess_task_handler.run_local_subprocess
-    subprocess_task_handler.run_local_subprocess = _step_launcher(steps)  # type: ignore[assignment]
+    subprocess_task_handler.run_local_subprocess = _step_launcher(steps)
     try:
         yield
     finally:

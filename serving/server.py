@@ -188,7 +188,6 @@ class LocalModelServer(ModelServer):
             self.register_signal_handler()
             runner.run(self._serve())
 
-
     def _register(self, models: list[Any]) -> None:
         """Register and start ``models`` even when none is ready yet.
 

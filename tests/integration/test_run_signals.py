@@ -22,7 +22,7 @@ import pytest
 
 from mlops import registry
 from mlops.publishing import publish_model
-from mlops.store import LocalStore, sha256_file
+from mlops.store import sha256_file
 from pipelines.local import prune_runs, run_locally
 
 MODEL = "breast-cancer"
