@@ -23,7 +23,8 @@ import pytest
 from mlops import registry
 from mlops.publishing import publish_model
 from mlops.store import sha256_file
-from pipelines.local import prune_runs, run_locally
+from pipelines.local import run_locally
+from pipelines.step_processes import prune_runs
 
 MODEL = "breast-cancer"
 ROOT = Path(__file__).resolve().parents[2]
