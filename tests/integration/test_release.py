@@ -450,3 +450,23 @@ def test_a_release_to_a_cluster_deploys_with_the_payload_logger(
     assert logger == {"mode": "all",
                       "url": "http://mlops-payload-sink.prod-models.svc.cluster.local/",
                       **{k: v for k, v in logger.items() if k not in ("mode", "url")}}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_release_claim_is_created_once_in_either_store(
+    backend: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops.store import open_store
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://models/claims-{os.getpid()}" if backend == "s3" else str(tmp_path / "store")
+    store = open_store(uri)
+    assert store.read_marker(MODEL, "release-ab") is None
+    assert store.create_marker(MODEL, "release-ab", b'{"pid": 1}')
+    assert not store.create_marker(MODEL, "release-ab", b'{"pid": 2}')
+    assert store.read_marker(MODEL, "release-ab") == b'{"pid": 1}'
+    assert store.marker_uri(MODEL, "release-ab").endswith(f"{MODEL}/.markers/release-ab")
+    assert store.versions(MODEL) == []  # a marker is no version
+    with pytest.raises(ValueError, match="marker name"):
+        store.create_marker(MODEL, "../escape", b"")
