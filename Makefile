@@ -58,10 +58,13 @@ browser: $(BROWSER_STAMP) ## install chromium for the web form's browser test (a
 test: $(STAMP) $(STORAGE_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the two cluster replays (no e2e)
 	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
 
-lint: $(STAMP) ## ruff and mypy
+# zizmor: GitHub Actions' static analyser (unpinned actions, persisted credentials, template
+# injection...), --offline: no GitHub API calls, so it runs the same on a laptop.
+lint: $(STAMP) ## ruff, mypy and zizmor (the workflows)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check mlops components pipelines serving
 	$(BIN)/mypy
+	$(BIN)/zizmor --offline .github/workflows
 
 compile: $(STAMP) ## rewrite pipelines/compiled/training_pipeline.yaml
 	$(BIN)/mlops compile
