@@ -64,7 +64,8 @@ class Request:
         args = [self.verb, resource + (f"/{self.name}" if self.name else "")]
         if self.subresource:
             args.append(f"--subresource={self.subresource}")
-        return args + (["-n", self.namespace] if self.namespace else [])
+        # No namespace: cluster-wide (-A), else kubectl asks in the kubeconfig's namespace.
+        return args + (["-n", self.namespace] if self.namespace else ["--all-namespaces"])
 
 
 def user_of_service_account(namespace: str, name: str) -> tuple[str, set[str]]:

@@ -42,7 +42,11 @@ RESOURCES = {
         ("services", "Service", ["svc"], ["get", "list"]),
         ("pods", "Pod", ["po"], ["get", "list"]),
         ("pods/portforward", "PodPortForwardOptions", [], ["create", "get"]),
+        ("services/proxy", "ServiceProxyOptions", [], ["get"]),
+        ("events", "Event", ["ev"], ["create"]),
     ],
+    "/apis/serving.knative.dev/v1": [("revisions", "Revision", ["rev"], ["get"])],
+    "/apis/coordination.k8s.io/v1": [("leases", "Lease", [], ["get", "create", "update"])],
     "/apis/authorization.k8s.io/v1": [
         ("selfsubjectaccessreviews", "SelfSubjectAccessReview", [], ["create"])
     ],
@@ -60,6 +64,7 @@ class CoreApi:
         self.user, self.groups = user_of_service_account(*identity)
         self.requests: list[Request] = []
         self.refused: list[Request] = []
+        self.questions: list[Request] = []  # what each SelfSubjectAccessReview asked
 
     def _pods(self, namespace: str) -> list[dict[str, Any]]:
         pods = []
@@ -125,6 +130,7 @@ class CoreApi:
                 attributes.get("name") or None,
                 attributes.get("subresource", ""),
             )
+            self.questions.append(question)
             review["status"] = {"allowed": allowed(self.objects, self.user, self.groups, question)}
             return _json(review, 201)
         if not allowed(self.objects, self.user, self.groups, asked):
@@ -341,3 +347,23 @@ def test_every_port_forward_of_the_release_step_is_allowed(
     forwarded = {(r.namespace, r.verb) for r in api.requests if r.subresource == "portforward"}
     # kubectl 1.37 opens a WebSocket (GET) first, then falls back to SPDY (POST: create).
     assert forwarded == {(ns, v) for ns in (calls.DEV, calls.PROD) for v in ("get", "create")}
+
+
+def test_the_e2es_can_i_arguments_ask_exactly_the_listed_requests(
+    release_api: tuple[CoreApi, dict[str, str]], tmp_path: Path
+) -> None:
+    # tests/e2e/test_cluster_rbac.py asks the cluster with Request.can_i(); kubectl turns those
+    # arguments into a SelfSubjectAccessReview, which must be the request itself.
+    api, env = release_api
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_bytes(base64.b64decode(env["KUBECONFIG_B64"]))
+    table = calls.pipeline_requests(calls.DEV) + calls.release_requests()
+    for request in table:
+        subprocess.run(
+            [kubectl_binary(), "--kubeconfig", str(kubeconfig), "--cache-dir",
+             str(tmp_path / "cache"), "auth", "can-i", *request.can_i()],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+    assert api.questions == table
