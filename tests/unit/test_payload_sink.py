@@ -272,3 +272,15 @@ def test_a_slow_store_read_does_not_block_the_sinks_event_loop() -> None:
     finally:
         server.should_exit = True
         thread.join(5)
+
+
+def test_the_sink_binds_loopback_unless_told_an_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    bound: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda _app, host, port, **_: bound.append((host, port)))
+    monkeypatch.delenv("MLOPS_SINK_HOST", raising=False)
+    monkeypatch.setenv("PORT", "8123")
+    payload_sink.main([])
+    monkeypatch.setenv("MLOPS_SINK_HOST", "10.244.0.7")  # the Deployment's status.podIP
+    payload_sink.main([])
+    payload_sink.main(["--host", "::1", "--port", "9000"])
+    assert bound == [("127.0.0.1", 8123), ("10.244.0.7", 8123), ("::1", 9000)]
