@@ -2,7 +2,8 @@
 
 Starts ``serving.payload_sink`` under uvicorn on a free loopback port (one process, as in the
 cluster), posts the KServe v0.20.0 agent's events (the fixtures) from several client threads,
-then reads ``/metrics`` back and checks every pair was counted. Prints the figures; asserts no speed.
+then reads ``/metrics`` back and checks every pair was counted. Prints the figures; asserts no
+speed.
 
     PYTHONPATH=. .venv/bin/python benchmarks/payload_sink_throughput.py [PAIRS] [CLIENTS]
 """
