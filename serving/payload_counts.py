@@ -172,7 +172,8 @@ class PayloadCounter:
                 raise TooLarge(f"the body has more than {MAX_BODY_BYTES} bytes")
             event = parse_event(headers, self.namespace)
             if not event.shadow:
-                self._admit(event.model, event.version)
+                with self._lock:
+                    self._admit(event.model, event.version)
         except TooLarge:
             self.refused.labels("too_large").inc()
             raise
@@ -226,6 +227,8 @@ class PayloadCounter:
             self._paired[key] = None
             while len(self._paired) > MAX_PENDING:
                 self._paired.popitem(last=False)
+            if event.version not in self._versions.get(event.model, ()):
+                return None  # its version's series were replaced while it waited
         request, response = (other, half) if other.kind == "request" else (half, other)
         self.requests.labels(*labels, "200").inc()
         latency = (response.time - request.time).total_seconds()
@@ -257,6 +260,9 @@ class PayloadCounter:
 
     def _drop(self, key: tuple[str, str, str], reason: str) -> None:
         half = self._release(key)
+        model, _, version = half.labels
+        if version not in self._versions.get(model, ()):
+            return  # its version's series were replaced while it waited: counted nowhere
         if half.kind == "request":
             self.requests.labels(*half.labels, "5xx").inc()
         else:

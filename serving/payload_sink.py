@@ -98,7 +98,9 @@ class Mirror:
     def offer(self, pair: Paired) -> None:
         """Mirror ``pair`` when an older version answered it and it falls in the sample."""
         canary = self.counts.newest.get(pair.labels[0])
-        if canary is None or canary[2] == pair.labels[2] or self._rng.random() >= self.sample:
+        if canary is None or canary[2] == pair.labels[2] or not pair.labels[2]:
+            return  # the canary's own pair, or one no version is known of
+        if self._rng.random() >= self.sample:
             return
         if self.in_flight >= SHADOW_CONCURRENCY:
             self.counts.shadow.labels(*canary, "dropped").inc()

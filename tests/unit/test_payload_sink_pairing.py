@@ -276,3 +276,39 @@ def test_references_are_read_only_from_the_sinks_store(tmp_path: Path) -> None:
     read = store_reader(str(tmp_path / "store"))
     assert read(str(version)) is not None
     assert store_reader(str(tmp_path / "other"))(str(version)) is None
+
+
+@pytest.mark.parametrize(
+    "at",
+    # Go's RFC3339Nano drops trailing zeros, and the fraction when it is zero.
+    ["2026-11-23T22:00:01Z", "2026-11-23T22:00:01.2Z", "2026-11-23T22:00:01.200456789Z"],
+)
+def test_go_rfc3339_nano_times_are_read(at: str) -> None:
+    counter = _counter()
+    counter.receive(*_event("canary_request", ce_time="2026-11-23T22:00:00.9Z"))
+    counter.receive(*_event("canary_response", ce_time=at))
+    assert _counts(counter, "v2").requests == 1
+
+
+def test_a_time_without_its_utc_offset_is_refused() -> None:
+    with pytest.raises(ValueError, match="ce-time must name its UTC offset"):
+        _counter().receive(*_event("canary_request", ce_time="2026-11-23T22:00:01"))
+
+
+def test_events_waiting_when_their_versions_series_are_replaced_do_not_bring_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(payload_counts, "MAX_VERSIONS", 2)
+    clock = Clock()
+    counter = _counter(clock)
+
+    def annotated(version: int) -> str:
+        return json.dumps({payload_sink.STORAGE_URI_ANNOTATION: f"s3://m/iris/{version}"})
+
+    counter.receive(*_event("canary_request", ce_annotations=annotated(1), ce_id="waits"))
+    for version in (2, 3):
+        counter.receive(*_event("canary_request", ce_annotations=annotated(version)))
+    clock.now += 60
+    counter.expire()
+    exposition = parse_exposition(payload_sink.generate_latest(counter.registry).decode(), "iris")
+    assert sorted(exposition.revisions) == ["v2", "v3"]
