@@ -29,15 +29,11 @@ NS = "models"
 def _isvc(latest: int, prev: int | None = None) -> dict:
     traffic = [{"tag": "latest", "revisionName": "r2", "latestRevision": True, "percent": latest}]
     if prev is not None:
-        traffic.append(
-            {"tag": "prev", "revisionName": "r1", "latestRevision": False, "percent": prev}
-        )
-    return {
-        "metadata": {"name": "m", "labels": {"mlops.example.com/model-version": "2"}},
-        "status": {
-            "components": {"predictor": {"latestCreatedRevision": "r2", "traffic": traffic}}
-        },
-    }
+        traffic.append({"tag": "prev", "revisionName": "r1", "latestRevision": False,
+                        "percent": prev})
+    return {"metadata": {"name": "m", "labels": {"mlops.example.com/model-version": "2"}},
+            "status": {"components": {"predictor": {"latestCreatedRevision": "r2",
+                                                    "traffic": traffic}}}}
 
 
 @pytest.mark.parametrize(
@@ -72,13 +68,8 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClu
 
 
 def _cluster_deploy(uri: str, state: Path, version: int, percent: int = 10) -> None:
-    settings = PredictorSettings(
-        name="m",
-        namespace=NS,
-        storage_uri=f"s3://models/m/{version}/",
-        model_version=version,
-        canary_traffic_percent=percent,
-    )
+    settings = PredictorSettings(name="m", namespace=NS, storage_uri=f"s3://models/m/{version}/",
+                                 model_version=version, canary_traffic_percent=percent)
     applied = deploy_inference_service(settings, "kubernetes", state, timeout_s=30)
     sync_aliases(uri, applied, "kubernetes", state)
 
@@ -92,18 +83,15 @@ def test_in_the_cluster_aliases_follow_deploy_canary_promote_and_rollback(
     assert _aliases(uri) == ("1", None)
     _cluster_deploy(uri, state, 2)
     assert _aliases(uri) == ("1", "2")
-    set_canary_traffic(
-        "m", None, "kubernetes", state_dir=state, namespace=NS, tracking_uri=uri, timeout_s=30
-    )
+    set_canary_traffic("m", None, "kubernetes", state_dir=state, namespace=NS, tracking_uri=uri,
+                       timeout_s=30)
     assert _aliases(uri) == ("2", None)
     # Issue 8 item 9 in the cluster: traffic {2: 0, 1: 100}, and champion must name 1.
-    set_canary_traffic(
-        "m", 0, "kubernetes", state_dir=state, namespace=NS, tracking_uri=uri, timeout_s=30
-    )
+    set_canary_traffic("m", 0, "kubernetes", state_dir=state, namespace=NS, tracking_uri=uri,
+                       timeout_s=30)
     assert _aliases(uri) == ("1", None)
     assert deployed_versions("m", "kubernetes", state_dir=state, namespace=NS) == ServingVersions(
-        "1", None
-    )
+        "1", None)
 
 
 def test_in_the_cluster_a_retried_first_deploy_has_no_challenger(
@@ -112,14 +100,9 @@ def test_in_the_cluster_a_retried_first_deploy_has_no_challenger(
     uri, state = two_registered_versions, tmp_path / "state"
     cluster.slow_uris["s3://models/m/1/"] = 10_000
     with pytest.raises(RuntimeError, match="within 1s"):
-        deploy_inference_service(
-            PredictorSettings(
-                name="m", namespace=NS, storage_uri="s3://models/m/1/", model_version=1
-            ),
-            "kubernetes",
-            state,
-            1,
-        )
+        deploy_inference_service(PredictorSettings(name="m", namespace=NS,
+                                                   storage_uri="s3://models/m/1/",
+                                                   model_version=1), "kubernetes", state, 1)
     cluster.start_after(3)
 
     _cluster_deploy(uri, state, 1)  # KServe then splits revision 1 with itself: 10% and 90%
@@ -128,8 +111,7 @@ def test_in_the_cluster_a_retried_first_deploy_has_no_challenger(
     assert {t["revisionName"] for t in traffic} == {"m-predictor-00001"} and len(traffic) == 2
     assert _aliases(uri) == ("1", None)
     assert deployed_versions("m", "kubernetes", state_dir=state, namespace=NS) == ServingVersions(
-        "1", None
-    )
+        "1", None)
 
 
 @pytest.fixture
@@ -137,7 +119,8 @@ def two_registered_versions(tmp_path: Path, tiny_model) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     joblib.dump(tiny_model[0], tmp_path / "model.joblib")
     for version in (1, 2):
-        run_id = registry.log_training_run(uri, "m", {}, {"f1": 0.9}, tmp_path / "model.joblib", {})
+        run_id = registry.log_training_run(uri, "m", {}, {"f1": 0.9}, tmp_path / "model.joblib",
+                                           {})
         registry.register_version(uri, "m", run_id, version, f"file:///store/m/{version}")
     return uri
 
@@ -156,12 +139,8 @@ def test_aliases_follow_deploy_canary_promote_and_rollback(
     uri, state = two_registered_versions, tmp_path / "state"
 
     def deploy(version: int) -> None:
-        settings = PredictorSettings(
-            name="m",
-            storage_uri=f"file:///store/m/{version}",
-            model_version=version,
-            canary_traffic_percent=10,
-        )
+        settings = PredictorSettings(name="m", storage_uri=f"file:///store/m/{version}",
+                                     model_version=version, canary_traffic_percent=10)
         sync_aliases(uri, deploy_inference_service(settings, "local", state), "local", state)
 
     deploy(1)

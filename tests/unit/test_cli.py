@@ -19,41 +19,24 @@ def test_every_command_has_help(command: str) -> None:
 
 def test_get_prints_the_columns_kubectl_prints(mlops_home: Path) -> None:
     for version, canary in ((1, None), (2, 10)):
-        settings = PredictorSettings(
-            name="breast-cancer",
-            storage_uri=f"/s/breast-cancer/{version}",
-            model_version=version,
-            canary_traffic_percent=canary,
-        )
+        settings = PredictorSettings(name="breast-cancer",
+                                     storage_uri=f"/s/breast-cancer/{version}",
+                                     model_version=version, canary_traffic_percent=canary)
         deploy_inference_service(settings, "local", mlops_home)
     result = CliRunner().invoke(main, ["get", "breast-cancer"])
     header, row = result.output.splitlines()
-    assert header.split() == [
-        "NAME",
-        "URL",
-        "READY",
-        "PREV",
-        "LATEST",
-        "PREVROLLEDOUTREVISION",
-        "LATESTREADYREVISION",
-        "AGE",
-    ]
+    assert header.split() == ["NAME", "URL", "READY", "PREV", "LATEST", "PREVROLLEDOUTREVISION",
+                              "LATESTREADYREVISION", "AGE"]
     cells = row.split()
     assert cells[0] == "breast-cancer" and cells[2:7] == [
-        "True",
-        "90",
-        "10",
-        "breast-cancer-predictor-00001",
-        "breast-cancer-predictor-00002",
-    ]
+        "True", "90", "10", "breast-cancer-predictor-00001", "breast-cancer-predictor-00002"]
 
 
 def test_get_yaml_is_the_inference_service(mlops_home: Path) -> None:
     import yaml
 
-    settings = PredictorSettings(
-        name="breast-cancer", storage_uri="/s/breast-cancer/1", model_version=1
-    )
+    settings = PredictorSettings(name="breast-cancer", storage_uri="/s/breast-cancer/1",
+                                 model_version=1)
     deploy_inference_service(settings, "local", mlops_home)
     isvc = yaml.safe_load(CliRunner().invoke(main, ["get", "-o", "yaml"]).output)
     assert isvc["kind"] == "InferenceService"
@@ -95,10 +78,8 @@ def fake_kfp(monkeypatch: pytest.MonkeyPatch) -> type[_FakeKfpClient]:
 
 
 def test_submit_runs_the_compiled_pipeline_for_the_cluster(fake_kfp) -> None:
-    result = CliRunner().invoke(
-        main,
-        ["submit", "--host", "http://localhost:8888", "--label-noise", "0.5", "--timeout", "60"],
-    )
+    result = CliRunner().invoke(main, ["submit", "--host", "http://localhost:8888",
+                                       "--label-noise", "0.5", "--timeout", "60"])
     assert result.exit_code == 0, result.output
     assert "http://localhost:8888/#/runs/details/run-1" in result.output
     (_, host), (_, path, kwargs), (_, run_id, timeout) = fake_kfp.calls
@@ -144,9 +125,9 @@ def _deploy_version_1(home: Path, tiny_model) -> Path:
     joblib.dump(tiny_model[0], model_file)
     store = LocalStore(home / "store")
     store.publish("breast-cancer", model_file, {"sha256": "x"})
-    settings = PredictorSettings(
-        name="breast-cancer", storage_uri=store.version_uri("breast-cancer", 1), model_version=1
-    )
+    settings = PredictorSettings(name="breast-cancer",
+                                 storage_uri=store.version_uri("breast-cancer", 1),
+                                 model_version=1)
     deploy_inference_service(settings, "local", home)
     return home / "store" / "breast-cancer" / "1"
 

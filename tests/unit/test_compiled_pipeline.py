@@ -50,12 +50,8 @@ def test_the_rollout_step_runs_after_the_deploy_only_when_steps_are_given(fresh:
 def test_outside_world_steps_are_not_cached_and_no_step_is_retried_by_kfp(fresh: dict) -> None:
     tasks = fresh["spec"]["root"]["dag"]["tasks"]
     inner = fresh["spec"]["components"]["comp-condition-1"]["dag"]["tasks"]
-    for task in (
-        tasks["load-data"],
-        tasks["evaluate"],
-        inner["upload-model"],
-        inner["deploy-model"],
-    ):
+    for task in (tasks["load-data"], tasks["evaluate"], inner["upload-model"],
+                 inner["deploy-model"]):
         assert task["cachingOptions"].get("enableCache") is not True
     assert tasks["train"]["cachingOptions"]["enableCache"] is True
     # KFP retries on any failure (an empty CSV, a rejected deploy); the clients retry
@@ -112,9 +108,8 @@ def test_scoring_loads_with_the_training_pipelines_own_load_step(
     assert set(tasks) == {"load-data", "score", "write-predictions"}
     assert tasks["score"]["dependentTasks"] == ["load-data"]
     assert tasks["write-predictions"]["dependentTasks"] == ["score"]
-    executors = [
-        f["spec"]["deploymentSpec"]["executors"]["exec-load-data"] for f in (fresh, fresh_scoring)
-    ]
+    executors = [f["spec"]["deploymentSpec"]["executors"]["exec-load-data"]
+                 for f in (fresh, fresh_scoring)]
     assert executors[0] == executors[1]
     for task in tasks.values():
         assert task["cachingOptions"].get("enableCache") is not True

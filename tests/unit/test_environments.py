@@ -154,8 +154,8 @@ def test_a_missing_file_and_an_unknown_environment_are_clear_errors(
     with pytest.raises(EnvironmentConfigError, match="cannot read the environments file"):
         load_environments(tmp_path / "missing.yaml")
     with pytest.raises(
-        EnvironmentConfigError,
-        match="no environment 'staging' in the local default: it defines dev, prod",
+        EnvironmentConfigError, match="no environment 'staging' in the local default: it "
+        "defines dev, prod"
     ):
         environment("staging")
 

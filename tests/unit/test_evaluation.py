@@ -88,10 +88,8 @@ def test_a_deployed_model_without_champion_alias_is_refused() -> None:
 
 
 def test_a_champion_alias_naming_another_version_is_refused() -> None:
-    with pytest.raises(
-        ChampionMismatchError,
-        match="serves version 1 but MLflow's 'champion' alias names version 2",
-    ):
+    with pytest.raises(ChampionMismatchError, match="serves version 1 but MLflow's 'champion'"
+                       " alias names version 2"):
         check_champion("breast-cancer", deployed="1", is_deployed=True, champion="2")
 
 

@@ -11,12 +11,8 @@ from serving.inference_service import (
 
 
 def _settings(**overrides) -> PredictorSettings:
-    values = {
-        "name": "breast-cancer",
-        "storage_uri": "s3://models/breast-cancer/2",
-        "model_version": 2,
-        **overrides,
-    }
+    values = {"name": "breast-cancer", "storage_uri": "s3://models/breast-cancer/2",
+              "model_version": 2, **overrides}
     return PredictorSettings(**values)
 
 
@@ -39,11 +35,8 @@ def test_first_deploy_has_no_canary_field() -> None:
 
 
 def test_round_trip_through_the_sdk_classes_keeps_every_field() -> None:
-    isvc = to_dict(
-        build_inference_service(
-            _settings(canary_traffic_percent=25, service_account="kserve-minio-sa")
-        )
-    )
+    isvc = to_dict(build_inference_service(_settings(canary_traffic_percent=25,
+                                                     service_account="kserve-minio-sa")))
     assert to_dict(from_dict(isvc)) == isvc
 
 

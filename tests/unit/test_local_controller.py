@@ -9,12 +9,8 @@ from serving.inference_service import PredictorSettings, build_inference_service
 
 
 def _deploy(state: Path, version: int, canary: int | None = None) -> dict:
-    settings = PredictorSettings(
-        name="m",
-        storage_uri=f"/store/m/{version}",
-        model_version=version,
-        canary_traffic_percent=canary,
-    )
+    settings = PredictorSettings(name="m", storage_uri=f"/store/m/{version}",
+                                 model_version=version, canary_traffic_percent=canary)
     return local_controller.apply(build_inference_service(settings), state)
 
 
@@ -36,9 +32,7 @@ def test_second_deploy_with_canary_splits_traffic(tmp_path: Path) -> None:
     assert _split(isvc) == {"00002": 10, "00001": 90}
     targets = local_controller.traffic_targets(local_controller.read_state("m", tmp_path))
     assert [(t.tag, t.model_version, t.storage_uri) for t in targets] == [
-        ("latest", "2", "/store/m/2"),
-        ("prev", "1", "/store/m/1"),
-    ]
+        ("latest", "2", "/store/m/2"), ("prev", "1", "/store/m/1")]
 
 
 def test_promote_then_rollback_returns_to_the_previous_revision(tmp_path: Path) -> None:
@@ -56,9 +50,7 @@ def test_rollback_during_canary_pins_the_previous_revision(tmp_path: Path) -> No
     _deploy(tmp_path, 1)
     _deploy(tmp_path, 2, canary=10)
     assert _split(local_controller.set_canary_percent("m", 0, tmp_path)) == {
-        "00002": 0,
-        "00001": 100,
-    }
+        "00002": 0, "00001": 100}
 
 
 def test_changing_only_the_percent_creates_no_revision(tmp_path: Path) -> None:
@@ -77,9 +69,8 @@ def test_reading_an_undeployed_service_says_what_to_do(tmp_path: Path) -> None:
 def test_a_failed_champion_keeps_its_share_and_the_canary_is_not_rolled_out(tmp_path: Path) -> None:
     _deploy(tmp_path, 1)
     _deploy(tmp_path, 2, canary=10)
-    isvc = local_controller.mark_revision_failed(
-        "m", "m-predictor-00001", "StoreError: gone", tmp_path
-    )
+    isvc = local_controller.mark_revision_failed("m", "m-predictor-00001", "StoreError: gone",
+                                                 tmp_path)
     predictor = isvc["status"]["components"]["predictor"]
     assert _split(isvc) == {"00002": 10, "00001": 90}
     assert predictor["latestRolledoutRevision"] == "m-predictor-00001"
@@ -94,11 +85,9 @@ def test_rollback_to_a_failed_champion_is_refused_and_changes_nothing(tmp_path: 
     local_controller.mark_revision_failed("m", "m-predictor-00001", "StoreError: gone", tmp_path)
     path = local_controller.state_path("m", tmp_path)
     before = path.read_bytes()
-    with pytest.raises(
-        local_controller.RevisionFailedError,
-        match="rollback would send all traffic of 'm' to revision "
-        "'m-predictor-00001', which failed to load",
-    ):
+    with pytest.raises(local_controller.RevisionFailedError,
+                       match="rollback would send all traffic of 'm' to revision "
+                             "'m-predictor-00001', which failed to load"):
         local_controller.set_canary_percent("m", 0, tmp_path)
     assert path.read_bytes() == before
     promoted = local_controller.set_canary_percent("m", None, tmp_path)  # the canary loads: fine
@@ -108,9 +97,8 @@ def test_rollback_to_a_failed_champion_is_refused_and_changes_nothing(tmp_path: 
 def test_promoting_a_failed_canary_is_refused_and_it_is_never_rolled_out(tmp_path: Path) -> None:
     _deploy(tmp_path, 1)
     _deploy(tmp_path, 2, canary=10)
-    isvc = local_controller.mark_revision_failed(
-        "m", "m-predictor-00002", "StoreError: bad", tmp_path
-    )
+    isvc = local_controller.mark_revision_failed("m", "m-predictor-00002", "StoreError: bad",
+                                                 tmp_path)
     assert _split(isvc) == {"00002": 10, "00001": 90}
     for percent in (None, 100):
         with pytest.raises(local_controller.RevisionFailedError, match="'m-predictor-00002'"):

@@ -33,9 +33,8 @@ def test_a_logged_and_registered_run_is_found_and_leaves_the_environment_alone(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     joblib.dump(tiny_model[0], tmp_path / "model.joblib")
-    run_id = registry.log_training_run(
-        uri, "exp", {"C": 1.0}, {"f1": 0.9}, tmp_path / "model.joblib", {"deploy": "True"}
-    )
+    run_id = registry.log_training_run(uri, "exp", {"C": 1.0}, {"f1": 0.9},
+                                       tmp_path / "model.joblib", {"deploy": "True"})
     registry.register_version(uri, "m", run_id, 1, "/store/m/1")
     registry.move_alias(uri, "m", 1, registry.CHAMPION)
     assert registry.storage_uri_of_alias(uri, "m", registry.CHAMPION) == "/store/m/1"

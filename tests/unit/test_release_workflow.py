@@ -76,11 +76,8 @@ def test_every_secret_an_environment_names_is_passed_to_the_release_step() -> No
     envs = load_environments(ROOT / "environments.cluster.yaml")
     needed = set()
     for env in envs.values():
-        needed |= {
-            env.signing_key_env,
-            f"{env.s3_credentials_prefix}AWS_ACCESS_KEY_ID",
-            f"{env.s3_credentials_prefix}AWS_SECRET_ACCESS_KEY",
-        }
+        needed |= {env.signing_key_env, f"{env.s3_credentials_prefix}AWS_ACCESS_KEY_ID",
+                   f"{env.s3_credentials_prefix}AWS_SECRET_ACCESS_KEY"}
     assert needed <= set(step["env"])
     assert all(step["env"][name] == f"${{{{ secrets.{name} }}}}" for name in needed)
 

@@ -61,17 +61,11 @@ def cumulative(stable: float, canary: float) -> Snapshot:
 
 def test_at_100_percent_the_canary_is_compared_with_the_last_stable_window() -> None:
     # At 100% the stable revision answers nothing more: its last busy window is the baseline.
-    snapshots = [
-        cumulative(0, 0),
-        cumulative(0, 0),
-        cumulative(900, 100),
-        cumulative(900, 100),
-        cumulative(900, 1100),
-    ]
+    snapshots = [cumulative(0, 0), cumulative(0, 0), cumulative(900, 100), cumulative(900, 100),
+                 cumulative(900, 1100)]
     target = Scripted(snapshots)
-    result = run_rollout(
-        target, RolloutPlan((10, 100), 1.0, Thresholds(min_drift_rows=10)), sleep=lambda _: None
-    )
+    result = run_rollout(target, RolloutPlan((10, 100), 1.0, Thresholds(min_drift_rows=10)),
+                         sleep=lambda _: None)
     assert result.exit_code == EXIT_PROMOTED, result.reason
     assert target.calls == [10, 100, "promote", "promoted"]
     assert result.steps[-1].verdict.stable_requests == 900
@@ -95,22 +89,7 @@ def test_steps_must_increase_within_1_to_100() -> None:
 
 
 def test_no_canary_means_nothing_to_roll_out() -> None:
-    isvc = {
-        "metadata": {"name": "m"},
-        "status": {
-            "components": {
-                "predictor": {
-                    "traffic": [
-                        {
-                            "revisionName": "m-1",
-                            "latestRevision": True,
-                            "percent": 100,
-                            "tag": "latest",
-                        }
-                    ]
-                }
-            }
-        },
-    }
+    isvc = {"metadata": {"name": "m"}, "status": {"components": {"predictor": {"traffic": [
+        {"revisionName": "m-1", "latestRevision": True, "percent": 100, "tag": "latest"}]}}}}
     with pytest.raises(LookupError, match="has no canary"):
         canary_pair(isvc)

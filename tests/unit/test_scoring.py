@@ -35,13 +35,8 @@ def _table(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _score(
-    model,
-    frame: pd.DataFrame,
-    tmp_path: Path,
-    output: str = "out.parquet",  # noqa: ANN001
-    **options,
-) -> Path:
+def _score(model, frame: pd.DataFrame, tmp_path: Path, output: str = "out.parquet",  # noqa: ANN001
+           **options) -> Path:
     table = _table(frame, tmp_path / "rows.parquet")
     names = [c for c in frame.columns if c != "case_id"]
     score_table(table, model, names, 3, tmp_path / output, **options)
@@ -49,17 +44,11 @@ def _score(
 
 
 def test_each_row_gets_its_row_number_class_probabilities_and_version(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     out = pd.read_parquet(_score(model, features, tmp_path))
     assert list(out.columns) == [
-        "row",
-        "predicted_class",
-        "probability_0",
-        "probability_1",
-        "model_version",
+        "row", "predicted_class", "probability_0", "probability_1", "model_version"
     ]
     assert out["row"].tolist() == list(range(200))
     assert (out["predicted_class"] == model.predict(features.to_numpy())).all()
@@ -69,9 +58,7 @@ def test_each_row_gets_its_row_number_class_probabilities_and_version(
 
 
 def test_chunks_give_the_same_predictions_as_one_pass_and_csv_follows_the_suffix(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -82,9 +69,7 @@ def test_chunks_give_the_same_predictions_as_one_pass_and_csv_follows_the_suffix
 
 
 def test_an_id_column_is_copied_beside_each_prediction(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     frame = features.assign(case_id=[f"case-{i}" for i in range(200)])
     out = pd.read_parquet(_score(model, frame, tmp_path, id_column="case_id", chunk_rows=64))
@@ -97,9 +82,7 @@ def _no_files_but(directory: Path, *names: str) -> None:
 
 
 def test_a_missing_column_is_one_error_naming_it_and_nothing_is_written(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     table = _table(features.drop(columns=["mean radius"]), tmp_path / "rows.parquet")
     with pytest.raises(ScoringError, match="column 'mean radius' is missing from the input"):
@@ -108,9 +91,7 @@ def test_a_missing_column_is_one_error_naming_it_and_nothing_is_written(
 
 
 def test_a_nan_in_a_later_chunk_names_column_and_row_and_nothing_is_written(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     features.loc[150, "mean texture"] = np.nan
     features.loc[170, "mean radius"] = np.nan
@@ -122,9 +103,7 @@ def test_a_nan_in_a_later_chunk_names_column_and_row_and_nothing_is_written(
 
 
 def test_an_infinite_value_names_column_and_row(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     features.loc[3, "worst area"] = np.inf
     with pytest.raises(ScoringError, match="column 'worst area', row 4: the value is infinite"):
@@ -132,9 +111,7 @@ def test_an_infinite_value_names_column_and_row(
 
 
 def test_text_in_a_numeric_column_names_column_row_and_value(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     text = features.astype({"mean area": str})
     text.loc[42, "mean area"] = "n/a"
@@ -144,9 +121,7 @@ def test_text_in_a_numeric_column_names_column_row_and_value(
 
 
 def test_a_boolean_column_is_the_wrong_type(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     flags = features.assign(**{"mean area": features["mean area"] > 500})
     with pytest.raises(ScoringError, match="column 'mean area', row 1: holds bool values"):
@@ -154,9 +129,7 @@ def test_a_boolean_column_is_the_wrong_type(
 
 
 def test_an_existing_output_is_never_replaced(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     (tmp_path / "out.parquet").write_text("earlier predictions")
     with pytest.raises(FileExistsError, match="never overwritten"):
@@ -174,9 +147,7 @@ def test_the_output_format_comes_from_the_suffix() -> None:
 
 
 def test_a_version_whose_model_changed_after_upload_is_refused(
-    model,
-    tmp_path: Path,
-    mlops_home: Path,  # noqa: ANN001
+    model, tmp_path: Path, mlops_home: Path  # noqa: ANN001
 ) -> None:
     store = LocalStore(tmp_path / "store")
     joblib.dump(model, tmp_path / "model.joblib")
@@ -194,20 +165,17 @@ def test_a_version_whose_model_changed_after_upload_is_refused(
 def test_a_csv_is_copied_to_parquet_in_chunks_with_the_whole_file_types(tmp_path: Path) -> None:
     # The first chunk reads as integers, a later one holds a decimal and one a word: the
     # chunked copy must give the types pandas gives the whole file.
-    frame = pd.DataFrame(
-        {
-            "count": list(range(25)) + [2.5] + list(range(4)),
-            "label": ["a"] * 30,
-            "code": list(range(28)) + ["x", 1],
-            "value": np.linspace(0, 1, 30),
-        }
-    )
+    frame = pd.DataFrame({
+        "count": list(range(25)) + [2.5] + list(range(4)),
+        "label": ["a"] * 30,
+        "code": list(range(28)) + ["x", 1],
+        "value": np.linspace(0, 1, 30),
+    })
     frame.to_csv(tmp_path / "in.csv", index=False)
     rows, columns = write_table(str(tmp_path / "in.csv"), tmp_path / "out.parquet", chunk_rows=10)
     assert (rows, columns) == (30, 4)
     pd.testing.assert_frame_equal(
-        pd.read_parquet(tmp_path / "out.parquet"),
-        pd.read_csv(tmp_path / "in.csv"),
+        pd.read_parquet(tmp_path / "out.parquet"), pd.read_csv(tmp_path / "in.csv"),
         check_dtype=False,
     )
     assert pd.read_parquet(tmp_path / "out.parquet")["count"].dtype == np.float64
@@ -264,7 +232,9 @@ def test_mlops_score_without_a_champion_says_how_to_get_one(
     assert not mlops_home.exists()  # not even an empty MLflow database
 
 
-def test_mlops_score_on_a_missing_input_is_one_error_line(tmp_path: Path, mlops_home: Path) -> None:
+def test_mlops_score_on_a_missing_input_is_one_error_line(
+    tmp_path: Path, mlops_home: Path
+) -> None:
     result = CliRunner().invoke(
         main, ["score", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "out.csv")]
     )
@@ -286,27 +256,18 @@ class _Recording:
 
 
 def test_memory_stays_at_one_chunk_however_long_the_table(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     # 60 row groups of 2,000 rows (about 29 MB of floats); scored 2,000 rows at a time.
-    table = pa.Table.from_pandas(
-        features.sample(120_000, replace=True, random_state=0), preserve_index=False
-    )
+    table = pa.Table.from_pandas(features.sample(120_000, replace=True, random_state=0),
+                                 preserve_index=False)
     pq.write_table(table, tmp_path / "rows.parquet", row_group_size=2_000)
     recording = _Recording(model)
-    score_table(
-        tmp_path / "rows.parquet",
-        recording,
-        list(features.columns),
-        1,
-        tmp_path / "out.parquet",
-        chunk_rows=2_000,
-    )
+    score_table(tmp_path / "rows.parquet", recording, list(features.columns), 1,
+                tmp_path / "out.parquet", chunk_rows=2_000)
     assert len(recording.arrow_bytes) == 60
     # Arrow holds about a chunk while a chunk is scored, never the table's 29 MB (pyarrow's
     # pre-buffering, on by default, reads and keeps the whole file).
@@ -323,29 +284,21 @@ def test_a_parquet_file_without_an_index_is_copied_as_it_is(
 
 
 def test_a_table_with_a_header_and_no_rows_gives_predictions_with_a_header_only(
-    model,
-    features: pd.DataFrame,
-    tmp_path: Path,  # noqa: ANN001
+    model, features: pd.DataFrame, tmp_path: Path  # noqa: ANN001
 ) -> None:
     features.head(0).to_csv(tmp_path / "in.csv", index=False)
     assert write_table(str(tmp_path / "in.csv"), tmp_path / "rows.parquet") == (0, 30)
-    score_table(tmp_path / "rows.parquet", model, list(features.columns), 2, tmp_path / "out.csv")
+    score_table(tmp_path / "rows.parquet", model, list(features.columns), 2,
+                tmp_path / "out.csv")
     assert (tmp_path / "out.csv").read_text().strip() == (
         '"row","predicted_class","probability_0","probability_1","model_version"'
     )
 
 
 def test_mlops_compile_writes_both_pipelines(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        main,
-        [
-            "compile",
-            "-o",
-            str(tmp_path / "t.yaml"),
-            "--scoring-output",
-            str(tmp_path / "s.yaml"),
-        ],
-    )
+    result = CliRunner().invoke(main, [
+        "compile", "-o", str(tmp_path / "t.yaml"), "--scoring-output", str(tmp_path / "s.yaml"),
+    ])
     assert result.exit_code == 0, result.output
     assert "name: train-gate-deploy-sklearn" in (tmp_path / "t.yaml").read_text()
     assert "name: batch-score-sklearn" in (tmp_path / "s.yaml").read_text()

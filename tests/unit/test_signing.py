@@ -69,9 +69,8 @@ def test_a_malicious_model_written_to_the_store_never_runs_in_the_local_server(
     assert not model.ready
 
 
-def test_an_unsigned_version_is_refused_with_what_to_do(
-    store: LocalStore, published: str, tmp_path: Path
-) -> None:
+def test_an_unsigned_version_is_refused_with_what_to_do(store: LocalStore, published: str,
+                                                        tmp_path: Path) -> None:
     metadata_path = _version_dir(store) / "metadata.json"
     metadata = json.loads(metadata_path.read_text())
     del metadata["signature"]
@@ -99,11 +98,8 @@ def test_a_version_signed_with_another_key_says_which_key(
     published: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(signing.KEY_ENV, "another-key-" + "f" * 40)
-    with pytest.raises(
-        StoreError,
-        match=r"was signed with key [0-9a-f]{16}, but this machine's key"
-        r" is [0-9a-f]{16}: set MLOPS_SIGNING_KEY",
-    ):
+    with pytest.raises(StoreError, match=r"was signed with key [0-9a-f]{16}, but this machine's key"
+                                         r" is [0-9a-f]{16}: set MLOPS_SIGNING_KEY"):
         fetch_version(published, tmp_path / "a")
 
 

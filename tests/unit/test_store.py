@@ -162,7 +162,8 @@ def test_version_uris_end_with_a_slash(tmp_path: Path) -> None:
     # KServe's storage initializer lists by prefix: without the slash version 1 is also 10-19.
     store = LocalStore(tmp_path / "store")
     assert store.version_uri("m", 1) == f"file://{tmp_path / 'store'}/m/1/"
-    assert split_version_uri(store.version_uri("m", 1)) == (f"file://{tmp_path / 'store'}", "m", 1)
+    assert split_version_uri(store.version_uri("m", 1)) == (
+        f"file://{tmp_path / 'store'}", "m", 1)
 
 
 def test_metadata_is_read_back(tmp_path: Path, model_file: Path) -> None:

@@ -40,7 +40,9 @@ def test_uploading_twice_for_one_run_publishes_one_version(tmp_path: Path, tiny_
     assert LocalStore(tmp_path / "store").versions("m") == [1, 2]
 
 
-def test_an_unreadable_recent_version_does_not_stop_a_publish(tmp_path: Path, tiny_model) -> None:
+def test_an_unreadable_recent_version_does_not_stop_a_publish(
+    tmp_path: Path, tiny_model
+) -> None:
     arguments = _arguments(tmp_path, tiny_model[0], "run-a")
     upload_model.python_func(**arguments)
     (tmp_path / "store" / "m" / "1" / "metadata.json").write_text("{not json")
