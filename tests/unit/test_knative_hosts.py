@@ -112,3 +112,16 @@ def test_the_rendered_shadow_url_is_a_host_knative_routes_to_the_canary(
 def test_the_sink_binds_the_pods_address_not_every_interface() -> None:
     _, env = _rendered_env("dev")
     assert env["MLOPS_SINK_HOST"] == "10.244.0.7"
+
+
+def test_the_inference_service_asks_knative_for_the_latest_tag_the_mirror_posts_to() -> None:
+    from serving.inference_service import (
+        TAG_ROUTING_ANNOTATION,
+        PredictorSettings,
+        build_inference_service,
+        to_dict,
+    )
+
+    built = to_dict(build_inference_service(PredictorSettings("iris", "s3://models/iris/2", 2)))
+    # KServe's createKnativeService tags the latest revision `latest` only with this set.
+    assert built["metadata"]["annotations"][TAG_ROUTING_ANNOTATION] == "true"
