@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from mlops.settings import DEFAULT_MODEL_NAME
+from mlops.cli.options import model_name_option
 
 
 @click.command()
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--from", "source", default="dev", show_default=True, help="Source environment.")
 @click.option("--to", "destination", default="prod", show_default=True, help="Destination.")
-@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@model_name_option()
 @click.option(
     "--environments",
     "environments_path",
