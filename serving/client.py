@@ -55,7 +55,7 @@ class Prediction:
 
 
 # The tables `mlops run` and `mlops score` read, by file suffix.
-TABLE_READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"}
+TABLE_READERS = {".csv": "read_csv", ".parquet": "read_parquet"}
 
 
 def read_rows(path: Path, label_column: str = LABEL_COLUMN) -> Rows:
@@ -321,7 +321,8 @@ def format_drift(drift: Sequence[RevisionDrift], top: int, min_rows: int = 1) ->
 
     blocks = []
     for entry in drift:
-        heading = f"{entry.revision} (model version {entry.model_version}): {entry.rows} rows served"
+        heading = f"{entry.revision} (model version {entry.model_version}): {entry.rows} rows"
+        heading += " served"
         if entry.rows < min_rows:
             blocks.append(f"{heading}: not enough rows ({entry.rows} of {min_rows} needed)")
             continue

@@ -48,7 +48,11 @@ def sample_rows(rows: np.ndarray) -> np.ndarray:
     The sample every served-input and probability signal counts, locally and in the cluster's
     payload sink alike.
     """
-    return rows[:: max(1, -(-len(rows) // SAMPLE_ROWS))]
+    return rows[:: _stride(len(rows))]
+
+
+def _stride(rows: int) -> int:
+    return max(1, -(-rows // SAMPLE_ROWS))
 
 
 def psi(reference_fractions: np.ndarray, served_counts: np.ndarray) -> float:
@@ -174,7 +178,7 @@ class DriftMonitor:
                 features are read; a missing value (NaN) is counted in no bin.
         """
         if hasattr(rows, "iloc"):  # a DataFrame: its numeric columns, by name
-            matrix = sample_rows(rows[self.feature_names]).to_numpy(dtype=float)
+            matrix = rows[self.feature_names].iloc[:: _stride(len(rows))].to_numpy(dtype=float)
         else:
             matrix = sample_rows(np.asarray(rows))
             if not self._every_column:

@@ -17,7 +17,7 @@ from mlops.cli.errors import raised_by_project, unreachable_message
 
 
 def _stdout_closed() -> bool:
-    """Whether stdout's reader has gone (``| head``): the pipe reports an error, or a flush fails."""
+    """Whether stdout's reader has gone (``| head``): the pipe reports it, or a flush fails."""
     import select
 
     try:
@@ -37,6 +37,10 @@ def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that Python's own final flush does not fail again."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+# What a command raises for a user's mistake or a failed outside call: one line, no traceback.
+_ONE_LINE_ERRORS = (ValueError, LookupError, RuntimeError, OSError)
 
 
 class _Group(click.Group):
@@ -62,7 +66,7 @@ class _Group(click.Group):
             # An unreachable endpoint, whichever library reports it; this project's own errors
             # already say which endpoint and what to do.
             line = None if raised_by_project(err) else unreachable_message(err, _command(ctx))
-            if line is None and not isinstance(err, ValueError | LookupError | RuntimeError | OSError):
+            if line is None and not isinstance(err, _ONE_LINE_ERRORS):
                 raise
             click.secho(f"error: {line or err}", fg="red", err=True)
             sys.exit(1)
