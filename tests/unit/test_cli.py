@@ -147,6 +147,34 @@ def test_a_kfp_run_outlasting_the_timeout_is_one_line_with_its_url(fake_kfp) -> 
     )
 
 
+def test_submit_sets_the_pipelines_rollout_step_parameters(fake_kfp) -> None:
+    result = CliRunner().invoke(main, ["submit", "--host", fake_kfp.host, "--rollout-steps",
+                                       "10,50,100", "--rollout-interval", "30",
+                                       "--rollout-min-requests", "20"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    arguments = fake_kfp.calls[1][2]["arguments"]
+    assert arguments["rollout_steps"] == "10,50,100"
+    assert arguments["rollout_interval_s"] == 30.0 and arguments["rollout_min_requests"] == 20
+
+
+def test_submit_refuses_a_bad_rollout_steps_before_creating_a_run(fake_kfp) -> None:
+    result = CliRunner().invoke(main, ["submit", "--host", fake_kfp.host,
+                                       "--rollout-steps", "50,10"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.startswith("error: parameter rollout_steps='50,10' is invalid: expected")
+    assert fake_kfp.calls == []  # no client, no run, nothing deployed
+
+
+def test_the_e2e_submits_a_command_line_that_submit_accepts(fake_kfp) -> None:
+    from tests.e2e.test_cluster_canary_analysis import ROLLOUT_STEP_ARGS, STEPS, submit_arguments
+
+    result = CliRunner().invoke(main, submit_arguments(fake_kfp.host, *ROLLOUT_STEP_ARGS))
+    assert result.exit_code == 0, result.output
+    arguments = fake_kfp.calls[1][2]["arguments"]
+    assert arguments["rollout_steps"] == ",".join(map(str, STEPS))
+    assert arguments["namespace"] == "kubeflow-user" and arguments["canary_traffic_percent"] == 10
+
+
 def test_run_refuses_a_model_name_that_escapes_the_store(mlops_home: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--model-name", "../../x-escape"])
     assert result.exit_code == 1
