@@ -13,7 +13,7 @@ import sys
 import click
 
 from mlops.cli import deployments, pipeline, release, rollout, scoring, serving
-from mlops.cli.errors import raised_by_project, unreachable_message
+from mlops.cli.errors import raised_by_project, refused_message, unreachable_message
 
 
 def _stdout_closed() -> bool:
@@ -63,9 +63,13 @@ class _Group(click.Group):
             _silence_stdout()
             sys.exit(0)
         except Exception as err:
-            # An unreachable endpoint, whichever library reports it; this project's own errors
-            # already say which endpoint and what to do.
-            line = None if raised_by_project(err) else unreachable_message(err, _command(ctx))
+            # An unreachable endpoint or an API's refusal, whichever library reports it; this
+            # project's own errors already say which endpoint and what to do.
+            line = (
+                None
+                if raised_by_project(err)
+                else unreachable_message(err, _command(ctx)) or refused_message(err)
+            )
             if line is None and not isinstance(err, _ONE_LINE_ERRORS):
                 raise
             click.secho(f"error: {line or err}", fg="red", err=True)

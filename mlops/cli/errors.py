@@ -8,6 +8,7 @@ failure in the chain and names the endpoint, what it is and what to do.
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from types import TracebackType
@@ -147,3 +148,28 @@ def unreachable_message(err: BaseException, command: str | None) -> str | None:
             break
     where = f" at {endpoint}" if endpoint else ""
     return f"cannot reach {service}{where} ({_reason(failures)}): {advice}"
+
+
+def refused_message(err: BaseException) -> str | None:
+    """One line for an error answer of the KFP or Kubernetes API (their clients' ApiException).
+
+    Both clients are generated from OpenAPI and raise ``ApiException`` with ``status``,
+    ``reason`` and the body; its own text spans several lines with every response header.
+    """
+    package = type(err).__module__.split(".")[0]
+    if type(err).__name__ != "ApiException" or package not in _SERVICES:
+        return None
+    service = _SERVICES[package][0]
+    body = getattr(err, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    detail = str(body or "")
+    try:
+        parsed = json.loads(detail)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        detail = str(parsed.get("message") or parsed.get("error") or detail)
+    detail = " ".join(detail.split())[:300]
+    answered = f"{service} answered {getattr(err, 'status', '?')} {getattr(err, 'reason', '')}"
+    return f"{answered.rstrip()}: {detail}" if detail else answered.rstrip()

@@ -242,3 +242,10 @@ def test_run_names_a_missing_served_metadata_file_by_its_path(mlops_home: Path, 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and f"file://{folder}/metadata.json is unreadable" in lines[0]
     assert not (mlops_home / "mlflow.db").exists()
+
+
+def test_a_kfp_api_refusal_is_one_line_with_its_status(kfp_healthz: str) -> None:
+    # The real kfp.Client: the stand-in answers its health check, then 404 for the experiments.
+    result = CliRunner().invoke(main, ["submit", "--host", kfp_healthz])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == ["error: the KFP API answered 404 Not Found: Not Found"]
