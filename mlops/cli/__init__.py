@@ -51,7 +51,13 @@ class _Group(click.Group):
             result = super().invoke(ctx)
             sys.stdout.flush()  # here, where a closed pipe can still end quietly
             return result
-        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+        except click.UsageError:
+            raise  # click prints the usage with it, exit 2
+        except click.ClickException as err:
+            # The same "error: " line as every other error, for scripts that look for it.
+            click.secho(f"error: {err.format_message()}", fg="red", err=True)
+            sys.exit(err.exit_code)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
             if _stdout_closed():
                 _silence_stdout()
             raise
@@ -77,7 +83,8 @@ class _Group(click.Group):
 
 
 def _command(ctx: click.Context) -> str | None:
-    return ctx.invoked_subcommand or (ctx.protected_args[0] if ctx.protected_args else None)
+    """The subcommand that raised (click sets it before invoking the subcommand)."""
+    return ctx.invoked_subcommand
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -81,7 +81,7 @@ def test_submit_to_a_host_that_is_not_kfp_says_so_at_once(not_kfp: str) -> None:
     assert time.monotonic() - started < 20  # kfp.Client alone retries 5 times, 5 s apart
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
-    assert line.startswith(f"Error: {not_kfp} is not the KFP API: GET {not_kfp}/apis/v2beta1/"
+    assert line.startswith(f"error: {not_kfp} is not the KFP API: GET {not_kfp}/apis/v2beta1/"
                            "healthz answered 404 ")
     assert "give --host the KFP endpoint" in line
 
