@@ -94,12 +94,11 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 @NAMESPACE_OPTION
 def get(model_name: str, output: str, target: str, namespace: str) -> None:
     """Show the InferenceService NAME, as `kubectl get isvc` does (-o yaml for all of it)."""
-    name = model_name
     import json
 
     import yaml
 
-    isvc = _read(name, target, namespace)
+    isvc = _read(model_name, target, namespace)
     if output == "yaml":
         click.echo(yaml.safe_dump(isvc, sort_keys=False), nl=False)
     elif output == "json":
