@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mlops.cli.errors import unreachable_message
 from mlops.cli.options import model_name_option
 
 
@@ -48,7 +49,8 @@ def release(
         done = release_version(model_name, version, source_env, destination_env)
     except MlflowException as err:
         # MLflow's errors are not ValueErrors: one line, not a traceback.
-        raise click.ClickException(f"MLflow refused or is unreachable: {err.message}") from err
+        unreachable = unreachable_message(err, "release")
+        raise click.ClickException(unreachable or f"MLflow refused: {err.message}") from err
     click.echo(f"gate:       {done.lineage['source_gate_reason']}")
     click.echo(f"sha256:     {done.sha256} (checked in {done.source} and {done.destination})")
     click.echo(f"version:    {done.destination} version {done.version} at {done.storage_uri}")

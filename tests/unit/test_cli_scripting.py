@@ -117,6 +117,36 @@ def test_promote_with_an_unreachable_mlflow_is_one_line_naming_it(mlops_home: Pa
     ]
 
 
+def test_release_with_an_unreachable_mlflow_is_one_line_naming_it(
+    mlops_home: Path, tmp_path: Path, tiny_model
+) -> None:
+    import joblib
+
+    from mlops.store import LocalStore, sha256_file
+
+    model_file = tmp_path / "model.joblib"
+    joblib.dump(tiny_model[0], model_file)
+    dev = LocalStore(tmp_path / "dev")
+    dev.publish("breast-cancer", model_file,
+                {"sha256": sha256_file(model_file), "mlflow_run_id": "run-1"})  # fmt: skip
+    tracking = f"http://127.0.0.1:{_closed_port()}"
+    config = tmp_path / "environments.yaml"
+    config.write_text(
+        "environments:\n"
+        f"  dev: {{store: {tmp_path / 'dev'}, tracking_uri: '{tracking}', target: local}}\n"
+        f"  prod: {{store: {tmp_path / 'prod'}, tracking_uri: '{tracking}', target: local}}\n"
+    )
+    result = CliRunner().invoke(main, ["release", "1", "--environments", str(config)],
+                                env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        f"error: cannot reach the MLflow tracking server at {tracking} (Connection refused): "
+        "check MLFLOW_TRACKING_URI (mlops release: the environment's tracking_uri) and that "
+        "the server runs"
+    )
+    assert not (tmp_path / "prod").exists()
+
+
 def test_an_error_that_is_no_connection_failure_is_not_called_one() -> None:
     try:
         raise KeyError("x")
