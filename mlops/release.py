@@ -321,15 +321,16 @@ def rollout_evidence(source: Environment, model_name: str, version: int) -> str:
     """Why ``source``'s serving lets ``version`` go on: its rollout promoted it, or it serves all.
 
     The rollout's verdict is the MLflow tag ``rollout.outcome`` on the version
-    (``serving.rollout.tag_version``); without one (a first deploy takes all traffic without a
-    rollout), the source must serve this version and no canary now.
+    (``serving.rollout.tag_version``). Without one (a first deploy takes all traffic without a
+    rollout), the source's aliases, which follow its serving traffic
+    (``serving.deploy.sync_aliases``), must say it serves everything: ``champion`` names it and
+    no ``challenger`` (canary) runs. Both come from the source's MLflow, which the release
+    reads anyway: no read of the source's cluster, whose RBAC the release does not hold.
 
     Raises:
         ReleaseRefused: When a rollout rolled it back, or it neither was promoted nor serves
             all of the source's traffic.
     """
-    from serving.deploy import deployed_versions
-
     where = f"{source.name} version {version} of {model_name!r}"
     tags = registry.version_tags(source.tracking_uri, model_name, version) or {}
     outcome = tags.get(OUTCOME_TAG)
@@ -342,16 +343,15 @@ def rollout_evidence(source: Environment, model_name: str, version: int) -> str:
             f"only a version {source.name} promoted or serves whole; release the version "
             f"{source.name}'s champion serves, or roll out a new one there"
         )
-    now = deployed_versions(
-        model_name, source.target, state_dir=source.state_dir, namespace=source.namespace
-    )
-    if now is not None and now.stable == str(version) and now.canary is None:
+    champion = registry.version_of_alias(source.tracking_uri, model_name, registry.CHAMPION)
+    canary = registry.version_of_alias(source.tracking_uri, model_name, registry.CHALLENGER)
+    if champion is not None and champion[0] == version and canary is None:
         return f"serves 100 % in {source.name}"
     serving = (
-        "nothing is deployed there"
-        if now is None
-        else f"it serves version {now.stable}"
-        + (f" with version {now.canary} as canary" if now.canary else "")
+        "nothing serves there"
+        if champion is None
+        else f"it serves version {champion[0]}"
+        + (f" with version {canary[0]} as canary" if canary else "")
     )
     raise ReleaseRefused(
         f"{where} was neither promoted by a rollout in {source.name} nor serves all of its "
