@@ -98,8 +98,9 @@ def _rest_response(response: InferResponse) -> dict[str, Any]:
                 "shape": output.shape,
                 "datatype": output.datatype,
                 "parameters": output.parameters or None,
-                # v2 JSON tensors are flat, row-major.
-                "data": data.ravel() if isinstance(data, np.ndarray) else data,
+                # v2 JSON tensors are flat, row-major. orjson writes numeric and bool arrays
+                # itself; an object array (BYTES: string labels) goes as a list of its values.
+                "data": _flat(data),
             }
         )
     return {
@@ -109,6 +110,14 @@ def _rest_response(response: InferResponse) -> dict[str, Any]:
         "parameters": response.parameters or None,
         "outputs": outputs,
     }
+
+
+def _flat(data: Any) -> Any:
+    if not isinstance(data, np.ndarray):
+        return data
+    if data.dtype == object or data.dtype.kind in "SU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in data.ravel().tolist()]
+    return data.ravel()
 
 
 class V2Routes:
