@@ -42,6 +42,7 @@ from starlette.responses import Response
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
+from serving.docs import install_docs
 from serving.form import mount_form, router_schema
 from serving.limits import (
     ConnectionLimits,
@@ -312,6 +313,7 @@ def install(
         REGISTRY.register(ServingCollector(router))
     app.include_router(V2Routes(router, dataplane).api_router())
     mount_form(app, lambda: router_schema(router))
+    install_docs(app, router.name)
     # The last added runs first: requests are logged and counted, then authenticated.
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
