@@ -24,6 +24,7 @@ from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceRespon
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import ValidationError
 
+from serving.features import quoted
 from serving.inputs import HEADER_LENGTH, check_binary_request
 from serving.runtime import CanaryRouter, RevisionUnavailable, VersionNotFound, pinned_version
 
@@ -135,10 +136,10 @@ class V2Routes:
 
     def _check(self, model_name: str, model_version: str | None) -> None:
         if model_name != self.router.name:
-            raise ModelNotFound(model_name)
+            raise ModelNotFound(quoted(model_name))
         if model_version is not None and self.router.find(model_version) is None:
             raise VersionNotFound(
-                f"model {model_name!r} has no live version {model_version!r}: live versions "
+                f"model {model_name!r} has no live version {quoted(model_version)}: live versions "
                 f"are {self.router.routes.describe()}"
             )
 
@@ -154,7 +155,7 @@ class V2Routes:
         self, raw_request: Request, raw_response: Response, model_name: str, model_version: str
     ) -> Response:
         """Infer with one revision: a store version, a revision name, ``latest`` or ``prev``."""
-        self._check(model_name, None)
+        self._check(model_name, model_version)
         body = await read_infer_body(raw_request)
         with pinned_version(model_version):
             return await self._answer(raw_request, raw_response, model_name, body)
