@@ -60,29 +60,42 @@ def form_schema(
         model_name: The served model's name (the infer path's ``{name}``).
         model_version: The store version the ranges and examples come from.
         metadata: The version's ``metadata.json``.
-        feature_names: The model's features, in the order of the input tensor's columns.
+        feature_names: The model's features, in the order the model takes them.
 
     Returns:
-        ``{"model", "version", "features": [{"name", "min", "max", "mean"}], "classes",
-        "examples": [{"label", "values"}]}``; ranges are None and examples empty for a version
-        published without them.
+        ``{"model", "version", "input_kind", "features": [{"name", "type", "min", "max",
+        "mean", "categories"}], "classes", "class_names", "examples": [{"label", "values"}]}``;
+        ranges are None and examples empty for a version published without them, ``type``
+        is ``numeric`` and ``input_kind`` ``tensor`` for one published before tables.
     """
     reference = metadata.get("reference_statistics") or {}
     stats = reference.get("features") or {}
-    features = [
-        {key: stats.get(name, {}).get(key) for key in ("min", "max", "mean")} | {"name": name}
-        for name in feature_names
-    ]
+    types = metadata.get("feature_types") or {}
+    categories = metadata.get("feature_categories") or {}
+    features = []
+    for name in feature_names:
+        kind = "categorical" if types.get(name) == "categorical" else "numeric"
+        feature: dict[str, Any] = {"name": name, "type": kind}
+        feature |= {key: stats.get(name, {}).get(key) for key in ("min", "max", "mean")}
+        if kind == "categorical":
+            feature["categories"] = [str(c) for c in categories.get(name) or []]
+        features.append(feature)
     examples = [
         {"label": example["label"], "values": [example["features"][n] for n in feature_names]}
         for example in reference.get("examples") or []
         if all(n in example.get("features", {}) for n in feature_names)
     ]
+    classes = metadata.get("classes") or reference.get("classes")
+    names = metadata.get("class_names")
+    if not (isinstance(names, list) and classes and len(names) == len(classes)):
+        names = [str(c) for c in classes] if classes else None
     return {
         "model": model_name,
         "version": model_version,
+        "input_kind": "dataframe" if metadata.get("input_kind") == "dataframe" else "tensor",
         "features": features,
-        "classes": reference.get("classes"),
+        "classes": classes,
+        "class_names": names,
         "examples": examples,
     }
 
