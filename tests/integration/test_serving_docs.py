@@ -19,7 +19,7 @@ def test_every_route_the_schema_lists_answers(canary_server: Served) -> None:
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert not [p for p in paths if p.startswith("/v2/repository")]
-    assert f"/v2/models/{{model_name}}/infer" in paths
+    assert "/v2/models/{model_name}/infer" in paths
     answers = {}
     for path, operations in paths.items():
         for method in operations:
