@@ -70,9 +70,7 @@ browser: $(BROWSER_STAMP) ## install chromium for the web form's browser test (a
 
 # -m "not e2e": `make test` never talks to a cluster, even when the kube-context reaches one.
 test: $(STAMP) $(STORAGE_STAMP) $(RUNTIME_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the cluster replays (no e2e)
-	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python \
-		MLOPS_KSERVE_RUNTIME_PYTHON=$(abspath $(RUNTIME_VENV))/bin/python \
-		MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
+	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_KSERVE_RUNTIME_PYTHON=$(abspath $(RUNTIME_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
 
 lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
