@@ -131,13 +131,23 @@ def table_metadata(model: Any, frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def publish_table(
-    store: ModelStore | Path, name: str, model: Any, frame: pd.DataFrame, tmp: Path
+    store: ModelStore | Path,
+    name: str,
+    model: Any,
+    frame: pd.DataFrame,
+    tmp: Path,
+    class_names: dict[str, str] | None = None,
 ) -> tuple[int, str]:
-    """Publish ``model`` with the contract's metadata; ``(version, storage_uri)``."""
+    """Publish ``model`` with the contract's metadata; ``(version, storage_uri)``.
+
+    ``class_names`` maps a class to its display name (default: the class itself).
+    """
     store = LocalStore(store) if isinstance(store, Path) else store
     path = tmp / f"model-{time.monotonic_ns()}.joblib"
     joblib.dump(model, path)
     metadata = {"sha256": sha256_file(path), **table_metadata(model, frame)}
+    if class_names:
+        metadata["class_names"] = [class_names.get(c, str(c)) for c in metadata["classes"]]
     version = store.publish(name, path, metadata)
     return version, store.version_uri(name, version)
 
