@@ -44,7 +44,8 @@ from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
 from serving.docs import install_docs
 from serving.features import quoted
-from serving.form import mount_form, router_schema
+from serving.form import mount_form
+from serving.form_schema import router_schema
 from serving.limits import (
     ConnectionLimits,
     ConnectionShares,
