@@ -326,8 +326,14 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Table]:
         server.stop()
 
 
+NAMESPACE = "kubeflow-user"
+
+
 def _cluster_frontend_args(upstream: str, store: Path, port: int) -> list[str]:
-    """The web-form Deployment's args (dev overlay), pointed at this machine's servers."""
+    """The web-form Deployment's args (dev overlay), pointed at this machine's servers.
+
+    ``$(POD_NAMESPACE)`` is expanded as the kubelet does, to the dev overlay's namespace.
+    """
     deployment = find_object(render_overlay("dev"), "Deployment", "web-form")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", "serving.form"]
@@ -340,16 +346,56 @@ def _cluster_frontend_args(upstream: str, store: Path, port: int) -> list[str]:
     args = []
     for arg in container["args"]:
         flag = arg.split("=", 1)[0]
-        args.append(f"{flag}={local[flag]}" if flag in local else arg)
+        expanded = arg.replace("$(POD_NAMESPACE)", NAMESPACE)
+        args.append(f"{flag}={local[flag]}" if flag in local else expanded)
     assert "--model-name=breast-cancer" in args and "--allow-unauthenticated" in args
+    assert f"--inference-service-namespace={NAMESPACE}" in args
     return args
 
 
-def _start_frontend(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+@pytest.fixture(scope="module")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A Kubernetes API with KServe's status logic (tests/unit/kserve_status_fake.py), which the
+    frontend reads the served version from, as it reads the cluster's with its token."""
+    from tests.unit.kserve_status_fake import FakeCluster, serve, write_kubeconfig
+
+    with serve(FakeCluster()) as url:
+        yield write_kubeconfig(url, tmp_path_factory.mktemp("kube") / "kubeconfig")
+
+
+def _deploy_to_cluster(kubeconfig: Path, store: Path, version: int, tmp: Path) -> None:
+    from mlops.store import LocalStore
+    from serving.deploy import deploy_inference_service
+    from serving.inference_service import PredictorSettings
+
+    settings = PredictorSettings(
+        name=NAME,
+        namespace=NAMESPACE,
+        storage_uri=LocalStore(store).version_uri(NAME, version),
+        model_version=version,
+    )
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    try:
+        deploy_inference_service(settings, "kubernetes", tmp, 30)
+    finally:
+        if previous is None:
+            del os.environ["KUBECONFIG"]
+        else:
+            os.environ["KUBECONFIG"] = previous
+
+
+def _start_frontend(
+    args: list[str], log: Path, kubeconfig: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     url = "http://127.0.0.1:" + next(a for a in args if a.startswith("--port=")).split("=")[1]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}  # MLOPS_SIGNING_KEY: the tests' key
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "serving.form", *args], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "serving.form", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     deadline = time.monotonic() + 30
     while True:
@@ -363,12 +409,13 @@ def _start_frontend(args: list[str], log: Path) -> tuple[subprocess.Popen[bytes]
 
 
 @pytest.fixture(scope="module")
-def cluster_form(table: Table) -> Iterator[tuple[str, Runtime]]:
+def cluster_form(table: Table, kubeconfig: Path) -> Iterator[tuple[str, Runtime]]:
     """KServe's sklearn runtime on the stored version, the frontend as the cluster runs it."""
     version_dir = table.home / "store" / NAME / "1"
+    _deploy_to_cluster(kubeconfig, table.home / "store", 1, table.home)
     runtime = start_runtime(version_dir, NAME, table.home)
     args = _cluster_frontend_args(runtime.url, table.home / "store", free_port())
-    process, url = _start_frontend(args, table.home / "cluster-frontend.log")
+    process, url = _start_frontend(args, table.home / "cluster-frontend.log", kubeconfig)
     try:
         yield url, runtime
     finally:
@@ -447,27 +494,33 @@ def test_the_cluster_form_of_the_numeric_model_shows_its_label(
     browser: Any, served: Served, breast_cancer: pd.DataFrame, tmp_path: Path
 ) -> None:
     """The breast-cancer form against the runtime: a label, not the first class at 0 or 100 %."""
+    from tests.unit.kserve_status_fake import FakeCluster, serve, write_kubeconfig
+
     version_dir = served.home / "store" / NAME / "2"
     runtime = start_runtime(version_dir, NAME, tmp_path)
     args = _cluster_frontend_args(runtime.url, served.home / "store", free_port())
-    process, url = _start_frontend(args, tmp_path / "frontend.log")
-    try:
-        page = browser.new_page()
-        page.goto(url + "/")
-        page.wait_for_selector("#feature-29")
-        page.select_option("#example", "1")
-        page.click("#fill-example")
-        page.click("#predict")
-        page.wait_for_selector("#result:not([hidden])")
-        row = _first_row_of_class(breast_cancer, 1)
-        (label,) = served.served_model.predict(row[None, :])
-        assert page.inner_text("#predicted-class") == str(label)
-        assert page.inner_text("#probability").startswith("not reported")
-        page.close()
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        runtime.stop()
+    with serve(FakeCluster()) as api:
+        kubeconfig = write_kubeconfig(api, tmp_path / "kubeconfig")
+        _deploy_to_cluster(kubeconfig, served.home / "store", 2, tmp_path)
+        process, url = _start_frontend(args, tmp_path / "frontend.log", kubeconfig)
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#feature-29")
+            assert page.inner_text("#schema-note").endswith("model version 2.")
+            page.select_option("#example", "1")
+            page.click("#fill-example")
+            page.click("#predict")
+            page.wait_for_selector("#result:not([hidden])")
+            row = _first_row_of_class(breast_cancer, 1)
+            (label,) = served.served_model.predict(row[None, :])
+            assert page.inner_text("#predicted-class") == str(label)
+            assert page.inner_text("#probability").startswith("not reported")
+            page.close()
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+            runtime.stop()
 
 
 def test_docs_draw_swagger_ui_with_no_policy_violation(browser: Any, served: Served) -> None:
