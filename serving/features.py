@@ -239,8 +239,8 @@ def _column(tensor: InferInput, schema: FeatureSchema) -> list[Any]:
         raise InvalidInput(
             f"{where}: shape {shape} needs {math.prod(shape)} values, but 'data' has {len(values)}"
         )
-    categorical = schema.types.get(name, NUMERIC) == CATEGORICAL
-    if categorical:
+    column: list[Any]
+    if schema.types.get(name, NUMERIC) == CATEGORICAL:
         column = _categorical(values, tensor.datatype, where)
         has_missing = any(v is None for v in column)
     else:

@@ -12,9 +12,9 @@ import pytest
 from serving.observability import (
     ObservabilityMiddleware,
     RequestInfo,
-    _refused_content_type,
     _error_message,
     _model_from_path,
+    _refused_content_type,
     current_request,
 )
 
