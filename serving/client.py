@@ -26,12 +26,13 @@ class Rows:
     """Rows to send: a matrix in the model's column order, or named columns.
 
     Attributes:
-        values: One list of numbers per row.
+        values: One list of values per row: numbers, strings (categorical columns) or
+            ``None`` (missing).
         columns: Feature names when the rows came with names (sent as one tensor per feature,
             ``content_type: pd``, so the server matches them by name), else ``None``.
     """
 
-    values: list[list[float]]
+    values: list[list[Any]]
     columns: list[str] | None = None
 
 
@@ -69,7 +70,9 @@ def read_rows(path: Path, label_column: str = LABEL_COLUMN) -> Rows:
         frame = pd.read_csv(path).drop(columns=[label_column], errors="ignore")
         if frame.empty:
             raise ValueError(f"{path} has no rows")
-        return Rows(frame.to_numpy(dtype=float).tolist(), [str(c) for c in frame.columns])
+        # Numbers stay numbers, text stays text (a categorical column), empty cells are None.
+        values = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+        return Rows(values, [str(c) for c in frame.columns])
     if path.suffix.lower() != ".json":
         raise ValueError(f"{path} must end in .csv or .json, got {path.suffix!r}")
     try:
@@ -103,20 +106,31 @@ def v2_request(rows: Rows, probabilities: bool = False) -> dict[str, Any]:
             }
         ]
     else:
+        # KServe's pandas codec: one tensor per column, BYTES for text, null for missing.
         parameters["content_type"] = "pd"
-        inputs = [
-            {
-                "name": name,
-                "shape": [len(rows.values)],
-                "datatype": "FP64",
-                "data": [row[i] for row in rows.values],
-            }
-            for i, name in enumerate(rows.columns)
-        ]
+        inputs = []
+        for i, name in enumerate(rows.columns):
+            column = [_json_value(row[i]) for row in rows.values]
+            text = any(isinstance(v, str) for v in column)
+            inputs.append(
+                {
+                    "name": name,
+                    "shape": [len(rows.values)],
+                    "datatype": "BYTES" if text else "FP64",
+                    "data": [str(v) if text and v is not None else v for v in column],
+                }
+            )
     body: dict[str, Any] = {"inputs": inputs}
     if parameters:
         body["parameters"] = parameters
     return body
+
+
+def _json_value(value: Any) -> Any:
+    """A cell as JSON takes it: NaN (a missing number) is ``None``, numpy scalars plain."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value.item() if hasattr(value, "item") else value
 
 
 class V2Client:

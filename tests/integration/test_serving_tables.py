@@ -184,3 +184,19 @@ def test_an_exception_in_the_fast_path_is_a_500_in_the_log_and_the_metrics(
     counted = re.findall(r"^mlops_inference_requests_total\{([^}]*)\} (\S+)$", metrics, re.M)
     codes = {re.search(r'code="(\d+)"', labels).group(1): float(n) for labels, n in counted}
     assert codes == {"500": 1.0}  # the rollout's error rate counts codes starting with 5
+
+
+def test_mlops_predict_sends_a_csv_with_text_and_empty_cells_as_the_pandas_codec(
+    mixed: Table, tmp_path: Path
+) -> None:
+    from tests.integration.serving_helpers import mlops
+
+    rows = mixed.frame[mixed.frame.isna().any(axis=1)].iloc[:6]
+    assert rows.drop(columns=[LABEL]).isna().any().any()
+    csv = tmp_path / "rows.csv"
+    rows.to_csv(csv, index=False)
+    result = mlops(mixed.server.log.parent, "predict", str(csv), "--url", mixed.server.url)
+    assert result.returncode == 0, result.stderr
+    expected = mixed.model.predict(rows.drop(columns=[LABEL])).tolist()
+    answered = [line.split("\t")[-1] for line in result.stdout.splitlines() if "\t" in line]
+    assert answered[-len(expected) :] == expected
