@@ -8,6 +8,11 @@ no port-forward process, no Prometheus to install, and one namespaced permission
 ``services/proxy`` of that one Service (``manifests/base/payload-sink.yaml``'s Role), beside
 the InferenceService and Revision reads and writes the deploy already needs.
 
+The sink counts per model version (the storage URI every event carries; the agent's
+``Ce-Source`` names no revision): :func:`by_revision` maps each version to the Knative Revision
+in the InferenceService's traffic that serves it, read from the Revision itself
+(``kubernetes_target.revision_versions``, the same read :meth:`KubernetesTarget.pair` makes).
+
 The outcome is recorded as a Kubernetes Event on the InferenceService, not an annotation: KServe
 copies the InferenceService's annotations onto the Knative template (``buildObjectMeta`` in
 ``pkg/controller/v1beta1/inferenceservice/components/predictor.go``), so an annotation written
@@ -34,6 +39,29 @@ SHARE_TIMEOUT_S = 120
 # After a split changes, the logger's events of requests already in flight still arrive: the
 # window starts once they have (the logger posts from a queue, typically within a second).
 SETTLE_S = 2.0
+
+
+def by_revision(snapshot: Snapshot, versions: dict[str, str]) -> Snapshot:
+    """The sink's per-version counts under the names of the Revisions serving those versions.
+
+    Args:
+        snapshot: As the sink exports it: keyed by ``v<version>``, ``model_version`` set.
+        versions: The model version of each Revision in the traffic
+            (``kubernetes_target.revision_versions``).
+
+    Returns:
+        The same counts, each under the one Revision serving its version. Counts of a version
+        no Revision in the traffic serves, or that two Revisions serve (they cannot be told
+        apart), keep the sink's key: no Revision is credited with another's traffic.
+    """
+    serving: dict[str, list[str]] = {}
+    for revision, version in versions.items():
+        serving.setdefault(version, []).append(revision)
+    mapped = Snapshot(resets=list(snapshot.resets))
+    for key, counts in snapshot.revisions.items():
+        names = serving.get(counts.model_version, [])
+        mapped.revisions[names[0] if len(names) == 1 else key] = counts
+    return mapped
 
 
 def read_sink_metrics(namespace: str, service: str = PAYLOAD_SINK_SERVICE) -> str:
@@ -80,13 +108,21 @@ class KubernetesTarget:
         self.tracking_uri = tracking_uri
         self._metrics = metrics or (lambda: read_sink_metrics(namespace))
         self.settle_s = settle_s
+        # A Revision's metadata never changes: its version is read once.
+        self._versions: dict[str, str] = {}
+
+    def _traffic_versions(self, isvc: dict[str, Any]) -> dict[str, str]:
+        """The model version of each Revision in ``isvc``'s traffic (read once per Revision)."""
+        traffic = isvc.get("status", {}).get("components", {}).get("predictor", {})
+        names = {t.get("revisionName", "") for t in traffic.get("traffic", [])} - {""}
+        unread = names - set(self._versions)
+        self._versions.update(kubernetes_target.revision_versions(self.namespace, unread))
+        return {n: self._versions[n] for n in names if n in self._versions}
 
     def pair(self) -> CanaryPair:
         """The stable (``prev``) and canary (``latest``) revisions, versions from the Revisions."""
         isvc = kubernetes_target.get(self.name, self.namespace)
-        traffic = isvc.get("status", {}).get("components", {}).get("predictor", {})
-        names = [t.get("revisionName", "") for t in traffic.get("traffic", [])]
-        versions = kubernetes_target.revision_versions(self.namespace, names)
+        versions = self._traffic_versions(isvc)
         return canary_pair(isvc, {r: {"modelVersion": v} for r, v in versions.items()})
 
     def reference(self, pair: CanaryPair) -> dict[str, list[float]]:
@@ -100,8 +136,10 @@ class KubernetesTarget:
         return reference_fractions(open_store(root).read_metadata(model, version))
 
     def read_metrics(self) -> Snapshot:
-        """Cumulative counts per revision, as the sink has them now."""
-        return parse_exposition(self._metrics(), self.name)
+        """Cumulative counts per Revision in the traffic, as the sink has them per version now."""
+        snapshot = parse_exposition(self._metrics(), self.name)
+        versions = self._traffic_versions(kubernetes_target.get(self.name, self.namespace))
+        return by_revision(snapshot, versions)
 
     def set_share(self, percent: int) -> None:
         """Set ``canaryTrafficPercent`` and wait until Knative routes by it."""

@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from mlops.settings import DEFAULT_MODEL_NAME, default_tracking_uri, state_dir
+from mlops.cli.options import model_name_option
+from mlops.settings import default_tracking_uri, state_dir
 
 TARGET_OPTION = click.option(
     "--target",
@@ -87,17 +88,17 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 @click.command()
-@click.argument("name", default=DEFAULT_MODEL_NAME)
+@model_name_option(positional=True)
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
 @TARGET_OPTION
 @NAMESPACE_OPTION
-def get(name: str, output: str, target: str, namespace: str) -> None:
+def get(model_name: str, output: str, target: str, namespace: str) -> None:
     """Show the InferenceService NAME, as `kubectl get isvc` does (-o yaml for all of it)."""
     import json
 
     import yaml
 
-    isvc = _read(name, target, namespace)
+    isvc = _read(model_name, target, namespace)
     if output == "yaml":
         click.echo(yaml.safe_dump(isvc, sort_keys=False), nl=False)
     elif output == "json":
@@ -121,21 +122,21 @@ def _set_traffic(name: str, percent: int | None, target: str, namespace: str) ->
 
 
 @click.command()
-@click.argument("name", default=DEFAULT_MODEL_NAME)
+@model_name_option(positional=True)
 @TARGET_OPTION
 @NAMESPACE_OPTION
-def promote(name: str, target: str, namespace: str) -> None:
-    """Give the latest revision all traffic (removes canaryTrafficPercent)."""
-    _set_traffic(name, None, target, namespace)
+def promote(model_name: str, target: str, namespace: str) -> None:
+    """Give the latest revision of NAME all traffic (removes canaryTrafficPercent)."""
+    _set_traffic(model_name, None, target, namespace)
 
 
 @click.command()
-@click.argument("name", default=DEFAULT_MODEL_NAME)
+@model_name_option(positional=True)
 @TARGET_OPTION
 @NAMESPACE_OPTION
-def rollback(name: str, target: str, namespace: str) -> None:
-    """Send all traffic back to the previously rolled-out revision (canaryTrafficPercent: 0)."""
-    _set_traffic(name, 0, target, namespace)
+def rollback(model_name: str, target: str, namespace: str) -> None:
+    """Send all traffic of NAME back to the previously rolled-out revision (canary 0%)."""
+    _set_traffic(model_name, 0, target, namespace)
 
 
 COMMANDS = [get, promote, rollback]

@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from mlops.cli.deployments import NAMESPACE_OPTION, TARGET_OPTION
-from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracking_uri, state_dir
+from mlops.cli.options import model_name_option
+from mlops.settings import default_store_uri, default_tracking_uri, state_dir
 from serving.canary_analysis import Thresholds
 
 _DEFAULTS = Thresholds()
@@ -187,7 +188,7 @@ def execute_rollout(
 
 
 @click.command()
-@click.argument("name", default=DEFAULT_MODEL_NAME)
+@model_name_option(positional=True)
 @rollout_options
 @TARGET_OPTION
 @NAMESPACE_OPTION
@@ -199,7 +200,7 @@ def execute_rollout(
     help="File holding the server's bearer token [default: MLOPS_SERVING_TOKEN, else none].",
 )
 def rollout(
-    name: str,
+    model_name: str,
     target: str,
     namespace: str,
     url: str | None,
@@ -214,12 +215,12 @@ def rollout(
     hold the step (at most --max-holds times). One line per step; the JSON lines go to
     .mlops/logs/, the HTML report to .mlops/rollouts/.
     """
-    execute_rollout(name, url, auth_token_file, target, namespace, **options)
+    execute_rollout(model_name, url, auth_token_file, target, namespace, **options)
 
 
 @click.command()
 @click.argument("version", type=click.IntRange(1))
-@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@model_name_option()
 @click.option(
     "--canary-percent",
     type=click.IntRange(0, 100),

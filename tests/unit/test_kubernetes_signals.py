@@ -25,7 +25,7 @@ from werkzeug.wrappers import Request, Response
 from serving import kubernetes_target
 from serving.canary_analysis import Thresholds
 from serving.deploy import deploy_inference_service
-from serving.inference_service import PredictorSettings
+from serving.inference_service import STORAGE_URI_ANNOTATION, PredictorSettings
 from serving.kubernetes_signals import KubernetesTarget, read_sink_metrics
 from serving.payload_sink import PayloadCounter
 from serving.rollout import EXIT_PROMOTED, EXIT_ROLLED_BACK, RolloutPlan, run_rollout
@@ -115,19 +115,33 @@ class Traffic:
             for _ in range(2 * int(target["percent"])):
                 self._post(target["revisionName"], bool(target["latestRevision"]))
 
+    def _storage_uri(self, revision: str) -> str:
+        """The storage URI on the Revision's pods (KServe's annotation, as the fake writes it)."""
+        for service in self.api.cluster.services.values():
+            for found in service.revisions:
+                if found.name == revision:
+                    return str(found.template["metadata"]["annotations"][STORAGE_URI_ANNOTATION])
+        raise AssertionError(f"no Revision {revision}")
+
     def _post(self, revision: str, canary: bool) -> None:
         self.sent += 1
         row = self.rng.choice([0.2, 1.0, 4.0], size=4, p=[0.2, 0.3, 0.5])
         label = int(row[0] > 3.0)  # the stable model's rule
         if canary and self.canary_predicts is not None:
             label = self.canary_predicts
-        version = revision.rsplit("-", 1)[1].lstrip("0")
+        # As the agent sends them (tests/fixtures/kserve_payload_logger/README.md): every pod's
+        # Ce-Source is the same; the pod's storage URI annotation names the version.
         headers = {
             "Ce-Id": f"id-{self.sent}",
-            "Ce-Source": f"{revision}-deployment-7d9c6b5f4-x2k8p",
+            "Ce-Source": "http://localhost:9081/",
+            "Ce-Specversion": "1.0",
             "Ce-Inferenceservicename": NAME,
+            "Ce-Namespace": NS,
+            "Ce-Component": "predictor",
+            "Ce-Endpoint": "",
+            "Ce-Metadata": "{}",
             "Ce-Annotations": json.dumps(
-                {"internal.serving.kserve.io/storage-initializer-sourceuri": f"x/{NAME}/{version}"}
+                {STORAGE_URI_ANNOTATION: self._storage_uri(revision)}, separators=(",", ":")
             ),
             "Content-Type": "application/json",
         }
@@ -136,10 +150,12 @@ class Traffic:
         response = {"id": headers["Ce-Id"], "model_name": NAME, "model_version": None}
         response["outputs"] = [{"name": "output-0", "shape": [1], "datatype": "INT64"}]
         response["outputs"][0]["data"] = [label]
-        for kind, body, at in (
-            ("request", request, "2026-11-23T22:00:00.100Z"),
-            ("response", response, "2026-11-23T22:00:00.104Z"),
-        ):
+        events = [
+            ("request", request, "2026-11-23T22:00:00.100123456Z"),
+            ("response", response, "2026-11-23T22:00:00.104987654Z"),
+        ]
+        # The agent's 5 workers deliver in any order: every other response comes first.
+        for kind, body, at in events[:: -1 if self.sent % 2 else 1]:
             event = headers | {"Ce-Type": f"org.kubeflow.serving.inference.{kind}", "Ce-Time": at}
             sent = _HTTP.request("POST", self.api.sink_url + "/", json=body, headers=event)
             assert sent.status == 202
@@ -270,3 +286,41 @@ def test_mlops_rollout_with_target_kubernetes_steps_the_cluster_and_rolls_back_a
     assert served == {f"{NAME}-predictor-00001": 100}
     assert set(api.proxied) == {f"{NS}/mlops-payload-sink:http"}
     assert api.events[-1]["type"] == "Warning"
+
+
+def test_the_sinks_version_counts_are_credited_to_the_one_revision_serving_that_version() -> None:
+    from serving.canary_analysis import RevisionCounts, Snapshot
+    from serving.kubernetes_signals import by_revision
+
+    counted = Snapshot(
+        revisions={
+            "v1": RevisionCounts(model_version="1", requests=90),
+            "v2": RevisionCounts(model_version="2", requests=10),
+            "v3": RevisionCounts(model_version="3", requests=5),
+        }
+    )
+    mapped = by_revision(counted, {"m-predictor-00001": "1", "m-predictor-00002": "2"})
+    assert {k: c.requests for k, c in mapped.revisions.items()} == {
+        "m-predictor-00001": 90,
+        "m-predictor-00002": 10,
+        "v3": 5,  # served by no Revision in the traffic: credited to none
+    }
+    # Two Revisions serving one version cannot be told apart: neither is credited.
+    same = by_revision(counted, {"m-predictor-00001": "1", "m-predictor-00002": "1"})
+    assert "m-predictor-00001" not in same.revisions and same.get("v1").requests == 90
+
+
+def test_read_metrics_reads_each_revision_once_and_maps_the_sinks_versions(
+    api: Api, tmp_path: Path
+) -> None:
+    _deploy_two_versions(tmp_path)
+    target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
+    Traffic(api, canary_predicts=None)(1.0)
+    before = len([m for m, _ in api.cluster.log if m == "GET revisions"])
+    first, second = target.read_metrics(), target.read_metrics()
+    reads = len([m for m, _ in api.cluster.log if m == "GET revisions"]) - before
+    assert reads == 2  # the two Revisions in the traffic, once each
+    stable, canary = f"{NAME}-predictor-00001", f"{NAME}-predictor-00002"
+    assert (first.get(stable).requests, first.get(canary).requests) == (180, 20)
+    assert (first.get(stable).model_version, first.get(canary).model_version) == ("1", "2")
+    assert second.get(canary).requests == 20
