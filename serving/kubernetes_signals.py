@@ -16,16 +16,27 @@ after the rollout would start a new revision.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from serving import kubernetes_target
 from serving.canary_analysis import Snapshot, parse_exposition
-from serving.inference_service import PAYLOAD_SINK_SERVICE
+from serving.inference_service import (
+    PAYLOAD_SINK_SERVICE,
+    TrafficChangedError,
+    TrafficSpec,
+    check_traffic,
+    traffic_spec,
+)
 from serving.rollout import CanaryPair, RolloutResult, canary_pair
 
 SINK_PORT_NAME = "http"
@@ -80,10 +91,56 @@ class KubernetesTarget:
         self.tracking_uri = tracking_uri
         self._metrics = metrics or (lambda: read_sink_metrics(namespace))
         self.settle_s = settle_s
+        self._expected: TrafficSpec | None = None
+        self._holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lost: str | None = None
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the InferenceService's rollout Lease (``coordination.k8s.io``) while it runs.
+
+        A Lease, not an annotation (KServe would copy an annotation onto the revision template
+        and start a new revision). A thread renews it every third of its duration; a Lease
+        lost meanwhile stops the rollout at its next check, before it writes again.
+
+        Raises:
+            RolloutLockedError: When another rollout holds a current Lease.
+        """
+        kubernetes_target.acquire_lease(self.name, self.namespace, self._holder)
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(kubernetes_target.LEASE_DURATION_S / 3):
+                try:
+                    kubernetes_target.renew_lease(self.name, self.namespace, self._holder)
+                except kubernetes_target.LeaseLostError as err:
+                    self._lost = str(err)
+                    return
+                except RuntimeError:  # the API hiccupped: the next renewal may succeed
+                    continue
+
+        keeper = threading.Thread(target=renew, name="rollout-lease", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
+            if self._lost is None:
+                kubernetes_target.release_lease(self.name, self.namespace, self._holder)
+
+    def check(self) -> None:
+        """Stop when the Lease was lost or someone else changed the traffic."""
+        if self._lost is not None:
+            raise TrafficChangedError(
+                "losing the rollout Lease", f"stopped by losing the rollout Lease: {self._lost}"
+            )
+        check_traffic(kubernetes_target.get(self.name, self.namespace), self._expected)
 
     def pair(self) -> CanaryPair:
         """The stable (``prev``) and canary (``latest``) revisions, versions from the Revisions."""
         isvc = kubernetes_target.get(self.name, self.namespace)
+        self._expected = traffic_spec(isvc)
         traffic = isvc.get("status", {}).get("components", {}).get("predictor", {})
         names = [t.get("revisionName", "") for t in traffic.get("traffic", [])]
         versions = kubernetes_target.revision_versions(self.namespace, names)
@@ -104,8 +161,15 @@ class KubernetesTarget:
         return parse_exposition(self._metrics(), self.name)
 
     def set_share(self, percent: int) -> None:
-        """Set ``canaryTrafficPercent`` and wait until Knative routes by it."""
-        kubernetes_target.set_canary_percent(self.name, self.namespace, percent, SHARE_TIMEOUT_S)
+        """Set ``canaryTrafficPercent`` (1..99, conditionally); wait until Knative routes by it."""
+        if not 1 <= percent <= 99:
+            raise ValueError(f"share {percent}: a step sets 1..99 (all traffic is a promote)")
+        if self._lost is not None:
+            self.check()
+        applied = kubernetes_target.set_canary_percent(
+            self.name, self.namespace, percent, SHARE_TIMEOUT_S, self._expected
+        )
+        self._expected = traffic_spec(applied)
         time.sleep(self.settle_s)
 
     def promote(self) -> None:
@@ -119,14 +183,18 @@ class KubernetesTarget:
     def _final(self, percent: int | None) -> None:
         from serving.deploy import set_canary_traffic
 
-        set_canary_traffic(
+        if self._lost is not None:
+            self.check()
+        applied = set_canary_traffic(
             self.name,
             percent,
             "kubernetes",
             state_dir=self.state_dir,
             namespace=self.namespace,
             tracking_uri=self.tracking_uri,
+            expected=self._expected,
         )
+        self._expected = traffic_spec(applied)
 
     def record(self, outcome: dict[str, Any]) -> None:
         """Record the outcome as an Event on the InferenceService (``kubectl describe isvc``)."""

@@ -36,12 +36,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kserve import KServeClient, V1beta1InferenceService
     from urllib3.util.retry import Retry
+
+    from serving.inference_service import TrafficSpec
 
 # urllib3 retries of one API request: 0, 1, 2, 4, 8 s apart (about 15 s in all), enough for an
 # API server or admission webhook that restarts; Retry-After of a 429/503 is honoured.
@@ -437,9 +439,17 @@ def apply(
 
 
 def set_canary_percent(
-    name: str, namespace: str, percent: int | None, timeout_s: int
+    name: str,
+    namespace: str,
+    percent: int | None,
+    timeout_s: int,
+    expected: TrafficSpec | None = None,
 ) -> dict[str, Any]:
     """Set ``canaryTrafficPercent`` of the running InferenceService and wait for it.
+
+    The replace carries the ``resourceVersion`` of the read it was built from, so it is a
+    conditional write; with ``expected`` it is also refused when the spec read is not the
+    traffic the writer last set (a rollout's writes: a human's change is never undone).
 
     Args:
         name: The InferenceService.
@@ -447,6 +457,7 @@ def set_canary_percent(
         percent: ``None`` promotes (the field is removed: latest gets 100%); ``0`` rolls back
             to the previously rolled-out revision; anything else moves the split.
         timeout_s: Seconds to wait for the new traffic split.
+        expected: The traffic the writer last set (``None``: write over whatever is there).
 
     Returns:
         The InferenceService as the API returns it afterwards.
@@ -454,14 +465,27 @@ def set_canary_percent(
     Raises:
         ValueError: When ``percent`` is outside 0..100.
         LookupError: When the InferenceService does not exist.
-        RuntimeError: When the API refuses the change or it is not done in time.
+        TrafficChangedError: When the spec is not ``expected`` (nothing is written).
+        RuntimeError: When the API refuses the change, it is not done in time, or a canary
+            share is asked for while nothing has rolled out (KServe would ignore it).
     """
-    from serving.inference_service import check_canary_percent, from_dict
+    from serving.inference_service import check_canary_percent, check_traffic, from_dict
 
     check_canary_percent(percent)
     client = _client()
 
     def moved(current: dict[str, Any]) -> V1beta1InferenceService:
+        check_traffic(current, expected)
+        predictor = current.get("status", {}).get("components", {}).get("predictor", {})
+        if percent is not None and not predictor.get("latestRolledoutRevision"):
+            # createKnativeService splits only once a revision has rolled out: the share would
+            # be ignored and the wait would run out its whole timeout for nothing.
+            raise RuntimeError(
+                f"InferenceService {namespace}/{name} has no rolled-out revision yet "
+                f"({_not_ready_reason(current) or 'its first revision is not ready'}): KServe "
+                f"ignores canaryTrafficPercent {percent} until one took all traffic; nothing "
+                "changed. Wait for `kubectl get isvc` to show READY True, then retry"
+            )
         body = from_dict(current)
         # The server owns status and managedFields; resourceVersion stays, so a concurrent
         # change makes the replace fail (409) and it is redone on a fresh read.
@@ -512,3 +536,167 @@ def record_event(
         name,
         lambda: api.create_namespaced_event(namespace, event),
     )
+
+
+# The rollout's Lease: held while a rollout runs, renewed every third of its duration, so a
+# rollout that died (its pod evicted, the laptop closed) frees the InferenceService within
+# LEASE_DURATION_S.
+LEASE_DURATION_S = 60
+LEASE_SUFFIX = "-rollout"
+
+
+class LeaseLostError(RuntimeError):
+    """The rollout's Lease was taken over or deleted: another owner may be moving traffic."""
+
+
+def lease_name(name: str) -> str:
+    """The ``coordination.k8s.io`` Lease that says who rolls out InferenceService ``name``."""
+    return f"{name}{LEASE_SUFFIX}"
+
+
+def _micro_time(moment: datetime) -> str:
+    # MicroTime is RFC 3339 with exactly six fractional digits (k8s.io/apimachinery
+    # pkg/apis/meta/v1/micro_time.go, RFC3339Micro); datetime.isoformat drops them at .000000.
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lease_api() -> Any:
+    from kubernetes import client as k8s
+
+    return k8s.CoordinationV1Api(_client().api_instance.api_client)
+
+
+def _lease_body(
+    name: str, namespace: str, holder: str, now: datetime, acquired: datetime, version: str | None
+) -> Any:
+    from kubernetes import client as k8s
+
+    return k8s.V1Lease(
+        metadata=k8s.V1ObjectMeta(
+            name=lease_name(name),
+            namespace=namespace,
+            resource_version=version,
+            labels={"serving.kserve.io/inferenceservice": name},
+        ),
+        spec=k8s.V1LeaseSpec(
+            holder_identity=holder,
+            lease_duration_seconds=LEASE_DURATION_S,
+            acquire_time=_micro_time(acquired),
+            renew_time=_micro_time(now),
+        ),
+    )
+
+
+def _lease_expired(lease: Any, now: datetime) -> bool:
+    spec = lease.spec
+    renewed = spec.renew_time or spec.acquire_time
+    if not spec.holder_identity or renewed is None:
+        return True
+    duration = spec.lease_duration_seconds or LEASE_DURATION_S
+    return bool((now - renewed).total_seconds() > duration)
+
+
+def acquire_lease(name: str, namespace: str, holder: str) -> str:
+    """Take the rollout Lease of ``name`` for ``holder``; its ``resourceVersion``.
+
+    A create, or, when the Lease exists but its holder stopped renewing it, a replace on the
+    ``resourceVersion`` read: of two rollouts taking an expired Lease at once, one gets a 409.
+
+    Raises:
+        RolloutLockedError: When another holder's Lease is current (nothing is changed).
+        RuntimeError: When the API refuses the Lease (``leases`` verbs missing from the Role).
+    """
+    from serving.inference_service import RolloutLockedError
+
+    api, lease = _lease_api(), lease_name(name)
+    now = datetime.now(UTC)
+    body = _lease_body(name, namespace, holder, now, now, None)
+    create = functools.partial(api.create_namespaced_lease, namespace, body)
+    try:
+        created = _request("create", namespace, lease, create, kind="Lease")
+        return str(created.metadata.resource_version)
+    except KubernetesApiError as err:
+        if err.status != 409:
+            raise
+    read = functools.partial(api.read_namespaced_lease, lease, namespace)
+    current = _request("read", namespace, lease, read, kind="Lease")
+    if current.spec.holder_identity != holder and not _lease_expired(current, now):
+        since = current.spec.acquire_time
+        raise RolloutLockedError(
+            f"another rollout of {namespace}/{name} is running: Lease {lease} is held by "
+            f"{current.spec.holder_identity} (since {since}, renewed {current.spec.renew_time});"
+            " wait for it to end, or stop it with `mlops promote` / `mlops rollback`"
+        )
+    body = _lease_body(name, namespace, holder, now, now, current.metadata.resource_version)
+    replace = functools.partial(api.replace_namespaced_lease, lease, namespace, body)
+    try:
+        taken = _request("take over", namespace, lease, replace, kind="Lease")
+    except KubernetesApiError as err:
+        if err.status == 409:
+            raise RolloutLockedError(
+                f"another rollout of {namespace}/{name} took Lease {lease} at the same moment"
+            ) from err
+        raise
+    return str(taken.metadata.resource_version)
+
+
+def renew_lease(name: str, namespace: str, holder: str) -> str:
+    """Renew ``holder``'s rollout Lease of ``name`` (a conditional replace); its new version.
+
+    Raises:
+        LeaseLostError: When the Lease is gone or has another holder.
+        RuntimeError: When the API fails.
+    """
+    api, lease = _lease_api(), lease_name(name)
+    read = functools.partial(api.read_namespaced_lease, lease, namespace)
+    try:
+        current = _request("read", namespace, lease, read, kind="Lease")
+    except KubernetesApiError as err:
+        if err.status == 404:
+            raise LeaseLostError(f"Lease {namespace}/{lease} was deleted") from err
+        raise
+    if current.spec.holder_identity != holder:
+        raise LeaseLostError(
+            f"Lease {namespace}/{lease} is now held by {current.spec.holder_identity}"
+        )
+    acquired = current.spec.acquire_time or datetime.now(UTC)
+    body = _lease_body(
+        name, namespace, holder, datetime.now(UTC), acquired, current.metadata.resource_version
+    )
+    replace = functools.partial(api.replace_namespaced_lease, lease, namespace, body)
+    try:
+        renewed = _request("renew", namespace, lease, replace, kind="Lease")
+    except KubernetesApiError as err:
+        if err.status == 409:
+            raise LeaseLostError(f"Lease {namespace}/{lease} was changed by another") from err
+        raise
+    return str(renewed.metadata.resource_version)
+
+
+def release_lease(name: str, namespace: str, holder: str) -> None:
+    """Delete ``holder``'s rollout Lease of ``name`` (only if it is still ``holder``'s).
+
+    The delete is conditional on the ``resourceVersion`` read, so a Lease another rollout took
+    meanwhile stays.
+    """
+    from kubernetes import client as k8s
+
+    api, lease = _lease_api(), lease_name(name)
+    read = functools.partial(api.read_namespaced_lease, lease, namespace)
+    try:
+        current = _request("read", namespace, lease, read, kind="Lease")
+    except KubernetesApiError as err:
+        if err.status == 404:
+            return
+        raise
+    if current.spec.holder_identity != holder:
+        return
+    options = k8s.V1DeleteOptions(
+        preconditions=k8s.V1Preconditions(resource_version=current.metadata.resource_version)
+    )
+    delete = functools.partial(api.delete_namespaced_lease, lease, namespace, body=options)
+    try:
+        _request("release", namespace, lease, delete, kind="Lease")
+    except KubernetesApiError as err:
+        if err.status not in (404, 409):
+            raise
