@@ -103,7 +103,7 @@ def test_a_step_where_the_stable_takes_almost_nothing_is_compared_with_its_last_
 
 
 def test_a_step_list_without_a_step_below_100_is_refused_before_any_traffic_moves() -> None:
-    with pytest.raises(ValueError, match=r"steps \[100\]: no step below 100, .* would have no evidence"):
+    with pytest.raises(ValueError, match=r"steps \[100\]: no step below 100, .* no evidence"):
         RolloutPlan((100,))
 
 
@@ -167,22 +167,7 @@ def test_steps_must_increase_within_1_to_100() -> None:
 
 
 def test_no_canary_means_nothing_to_roll_out() -> None:
-    isvc = {
-        "metadata": {"name": "m"},
-        "status": {
-            "components": {
-                "predictor": {
-                    "traffic": [
-                        {
-                            "revisionName": "m-1",
-                            "latestRevision": True,
-                            "percent": 100,
-                            "tag": "latest",
-                        }
-                    ]
-                }
-            }
-        },
-    }
+    isvc = {"metadata": {"name": "m"}, "status": {"components": {"predictor": {"traffic": [
+        {"revisionName": "m-1", "latestRevision": True, "percent": 100, "tag": "latest"}]}}}}
     with pytest.raises(LookupError, match="has no canary"):
         canary_pair(isvc)
