@@ -230,3 +230,44 @@ def _set_local(
             if attempt == CONFLICT_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stable_side(
+    name: str, target: str, *, state_dir: Path, namespace: str = "default"
+) -> tuple[str, str] | None:
+    """The ``(revision, model version)`` a new canary of ``name`` would split with.
+
+    KServe's ``createKnativeService`` gives the ``prev`` side to ``latestRolledoutRevision``
+    (kserve v0.20.0 ``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/
+    ksvc_reconciler.go``), in both targets. ``None`` when nothing is deployed (a first deploy
+    takes all traffic) or nothing has rolled out; the version is ``""`` when unknown.
+
+    Raises:
+        RuntimeError: When the cluster cannot be read.
+    """
+    if target == "local":
+        from serving import local_controller
+
+        try:
+            state = local_controller.read_state(name, state_dir)
+        except local_controller.NotDeployedError:
+            return None
+        isvc = dict(state["inferenceService"])
+        versions = {r: str(i.get("modelVersion", "")) for r, i in state["revisions"].items()}
+    else:
+        from serving import kubernetes_target
+
+        try:
+            isvc = kubernetes_target.get(name, namespace)
+        except LookupError:
+            return None
+        versions = {}
+    predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
+    revision = predictor.get("latestRolledoutRevision")
+    if not revision:
+        return None
+    if target != "local":
+        from serving import kubernetes_target
+
+        versions = kubernetes_target.revision_versions(namespace, [revision])
+    return str(revision), versions.get(str(revision), "")

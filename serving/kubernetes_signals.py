@@ -239,7 +239,14 @@ def run_cluster_rollout(
         RolloutAborted: When a step failed; the canary was rolled back.
     """
     from serving.canary_analysis import Thresholds
-    from serving.rollout import RolloutPlan, StepRecord, parse_steps, run_rollout, tag_version
+    from serving.rollout import (
+        STOPPED,
+        RolloutPlan,
+        StepRecord,
+        parse_steps,
+        run_rollout,
+        tag_version,
+    )
     from serving.rollout_report import render
 
     plan = RolloutPlan(parse_steps(steps), interval_s, Thresholds(min_requests=min_requests))
@@ -251,6 +258,6 @@ def run_cluster_rollout(
 
     result = run_rollout(target, plan, step, sleep)
     emit(json.dumps(result.as_json(), separators=(",", ":")))
-    if tracking_uri:
+    if tracking_uri and result.outcome != STOPPED:  # a human's decision keeps its tags
         tag_version(tracking_uri, name, result.pair.canary_version, result)
     return result, render(result, plan)

@@ -335,9 +335,9 @@ def _steps(
     baseline: RevisionCounts | None = None
     thresholds = plan.thresholds
     judged: set[str] = set()
-    computable = {"class_divergence", "class_share", "probability_divergence"}
-    if reference:
-        computable.add("input_drift")
+    # Predicted classes always come with an answer; the other model signals need data the
+    # target may not have (probabilities, input bins, mirrored requests): needed once seen.
+    computable = {"class_divergence", "class_share"}
     for step in plan.judged_steps:
         target.set_share(step)
         before = target.read_metrics()
@@ -357,8 +357,7 @@ def _steps(
             record = StepRecord(step, attempt, verdict, counts.resets, _now())
             records.append(record)
             emit(record)
-            if sum(canary.shadow.get(o, 0.0) for o in ("agreed", "disagreed", "failed")):
-                computable.add("shadow_agreement")  # mirroring runs: its signal is needed
+            computable |= {s.name for s in verdict.signals if s.value is not None}
             if verdict.decision == ROLLBACK:
                 return ROLLED_BACK, verdict.reason
             if verdict.decision != HOLD:
@@ -372,6 +371,7 @@ def _steps(
                 f"at {step}%"
             )
     missing = [name for name in MODEL_SIGNALS if name in computable - judged]
+    # A signal that had data in some window must have been judged in one.
     if missing:
         return ROLLED_BACK, (
             f"no evidence for a promote: {', '.join(missing)} never judged on a window with a "

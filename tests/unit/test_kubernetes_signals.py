@@ -148,7 +148,9 @@ class Traffic:
 def _rollout(api: Api, tmp_path: Path, canary_predicts: int | None) -> Any:
     _deploy_two_versions(tmp_path)
     target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
-    plan = RolloutPlan(steps=(10, 50, 100), interval_s=1, thresholds=Thresholds(min_requests=15))
+    # 100 canary rows at 50%: input drift is judged there (a promote needs it judged once).
+    thresholds = Thresholds(min_requests=15, min_drift_rows=100)
+    plan = RolloutPlan(steps=(10, 50, 100), interval_s=1, thresholds=thresholds)
     return run_rollout(target, plan, sleep=Traffic(api, canary_predicts))
 
 
@@ -158,7 +160,8 @@ def test_a_good_canary_is_stepped_to_all_traffic_and_the_event_says_promoted(
     result = _rollout(api, tmp_path, canary_predicts=None)
 
     assert (result.outcome, result.exit_code) == ("promoted", EXIT_PROMOTED)
-    assert [s.step for s in result.steps] == [10, 50, 100]
+    # The last step, 100, is the promote: no canaryTrafficPercent 100, no window judged there.
+    assert [s.step for s in result.steps] == [10, 50]
     assert (result.pair.stable_version, result.pair.canary_version) == ("1", "2")
     predictor = api.cluster.predictor_status(NAME, NS)
     assert [(t["revisionName"], t["percent"]) for t in predictor["traffic"]] == [
@@ -254,9 +257,12 @@ def test_mlops_rollout_with_target_kubernetes_steps_the_cluster_and_rolls_back_a
     at all the canary is held, then rolled back, and the stable revision serves everything."""
     from click.testing import CliRunner
 
+    from mlops import registry
     from mlops.cli import main
 
     _deploy_two_versions(tmp_path)
+    # The registry is not what this checks (the CLI refuses a missing one: test_cli).
+    monkeypatch.setattr(registry, "registry_problem", lambda *_: None)
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     arguments = ["rollout", NAME, "--target", "kubernetes", "-n", NS, "--steps", "10,100"]
