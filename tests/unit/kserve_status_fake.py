@@ -44,7 +44,7 @@ import copy
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +240,9 @@ class FakeCluster:
         labels_held_back: inferenceservice-config's ``serviceLabelDisallowedList`` additions.
         gone_revisions: Revision names the API answers 404 for (deleted).
         faults: answers to the next requests, in order (see ``Fault``).
+        replaced: each accepted replace's ``canaryTrafficPercent`` (``None``: no field), in order.
+        writes_first: another writer's changes to an InferenceService's spec, each applied
+            just before the next replace arrives (it read before them: its replace gets 409).
         log: (method, settled) per request (``GET revisions`` for a Revision); ``settled``
             (InferenceService GETs only) says whether a further controller round would change
             nothing.
@@ -255,6 +258,8 @@ class FakeCluster:
         self.faults: list[Fault] = []
         self.log: list[tuple[str, bool | None]] = []
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes_first: list[Callable[[dict[str, Any]], None]] = []
+        self.replaced: list[int | None] = []
         self._lock = threading.Lock()
         self._version = 0
 
@@ -448,6 +453,10 @@ class FakeCluster:
         if method == "GET":
             return _json(200, current)
         if method == "PUT":
+            if self.writes_first:
+                self.writes_first.pop(0)(current["spec"])
+                self._version += 1
+                current["metadata"]["resourceVersion"] = str(self._version)
             wanted = body["metadata"].get("resourceVersion")
             if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
                 return _status(
@@ -466,6 +475,7 @@ class FakeCluster:
                 "resourceVersion": str(self._version),
             }
             current["spec"] = body["spec"]
+            self.replaced.append(body["spec"]["predictor"].get("canaryTrafficPercent"))
             return _json(200, current)
         return _status(405, "MethodNotAllowed", f"{method} is not allowed here")
 
