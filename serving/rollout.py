@@ -41,6 +41,8 @@ from serving.canary_analysis import (
 )
 from serving.inference_service import TrafficSpec, traffic_spec
 
+# How often a window checks that the traffic is still what the rollout set.
+CHECK_EVERY_S = 5.0
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled-back"
 STOPPED = "stopped"
@@ -342,8 +344,7 @@ def _steps(
         target.set_share(step)
         before = target.read_metrics()
         for attempt in range(1, thresholds.max_holds + 2):
-            sleep(plan.interval_s)
-            target.check()  # a human's promote or rollback stops the rollout here
+            _wait_window(target, plan.interval_s, sleep)
             after = target.read_metrics()
             counts = window(before, after)
             before = after  # the next window (after a hold too) counts from here
@@ -379,6 +380,19 @@ def _steps(
             "--interval or send more traffic"
         )
     return PROMOTED, "every signal within bounds at every step, each model signal judged"
+
+
+def _wait_window(target: RolloutTarget, interval_s: float, sleep: Callable[[float], None]) -> None:
+    """Wait out one window, checking every ``CHECK_EVERY_S`` that nobody else moved traffic.
+
+    A human's promote or rollback stops the rollout within seconds, not at the window's end.
+    """
+    remaining = interval_s
+    while remaining > 0:
+        part = min(CHECK_EVERY_S, remaining)
+        sleep(part)
+        remaining -= part
+        target.check()
 
 
 def _why_not_judged(missing: Sequence[str], thresholds: Thresholds) -> str:

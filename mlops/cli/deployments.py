@@ -119,7 +119,8 @@ def _set_traffic(name: str, percent: int | None, target: str, namespace: str) ->
     serving = deployed_versions(name, target, state_dir=state_dir(), namespace=namespace)
     if serving is not None:
         found = [v for v in (serving.stable, serving.canary) if v]
-        check_registry(tracking_uri, name, f"version {' and '.join(found) or '?'}")
+        plural = "s" if len(found) > 1 else ""
+        check_registry(tracking_uri, name, f"version{plural} {' and '.join(found) or '?'}")
     applied = set_canary_traffic(
         name, percent, target, state_dir=state_dir(), namespace=namespace, tracking_uri=tracking_uri
     )

@@ -171,3 +171,11 @@ def test_no_canary_means_nothing_to_roll_out() -> None:
         {"revisionName": "m-1", "latestRevision": True, "percent": 100, "tag": "latest"}]}}}}
     with pytest.raises(LookupError, match="has no canary"):
         canary_pair(isvc)
+
+
+def test_a_humans_change_stops_the_rollout_within_seconds_not_at_the_windows_end() -> None:
+    slept: list[float] = []
+    target = Scripted([cumulative(0, 0), cumulative(0, 0)], changed_at_check=2)
+    result = run_rollout(target, RolloutPlan((10, 100), 12.0), sleep=slept.append)
+    assert result.outcome == "stopped"
+    assert slept == [5.0, 5.0]  # checked every 5 s: stopped 10 s into the 12 s window
