@@ -273,24 +273,41 @@ def set_canary_percent(
                 f"InferenceService {name!r} changed since it was read (resourceVersion "
                 f"{found}, read at {if_version})"
             )
-        desired = _desired(state)
-        predictor = desired["spec"]["predictor"]
-        if percent is None:
-            predictor.pop("canaryTrafficPercent", None)
-        else:
-            predictor["canaryTrafficPercent"] = percent
-        traffic = _traffic(desired, state["inferenceService"]["status"]["components"]["predictor"])
-        for target in traffic:
-            failed = state["revisions"][target["revisionName"]].get("failed")
-            if target["percent"] == 100 and failed:
-                action = {None: "promote", 0: "rollback"}.get(percent, "this change")
-                raise RevisionFailedError(
-                    f"{action} would send all traffic of {name!r} to revision "
-                    f"{target['revisionName']!r}, which failed to load ({failed['reason']}); "
-                    "nothing changed. Fix its model, wait for `mlops serve` to load it "
-                    "(`mlops get` shows READY True), or deploy a new version"
-                )
+        desired = _changed(name, percent, state)
         return _reconcile(desired, state, path)
+
+
+def check_change(name: str, percent: int | None, state_dir: Path) -> None:
+    """Refuse, without changing anything, what ``set_canary_percent`` would refuse.
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` is deployed.
+        RevisionFailedError: When all traffic would go to a revision that failed to load.
+    """
+    check_canary_percent(percent)
+    _changed(name, percent, read_state(name, state_dir))
+
+
+def _changed(name: str, percent: int | None, state: dict[str, Any]) -> dict[str, Any]:
+    """The desired InferenceService with ``percent``; refused if a failed revision gets all."""
+    desired = _desired(state)
+    predictor = desired["spec"]["predictor"]
+    if percent is None:
+        predictor.pop("canaryTrafficPercent", None)
+    else:
+        predictor["canaryTrafficPercent"] = percent
+    traffic = _traffic(desired, state["inferenceService"]["status"]["components"]["predictor"])
+    for target in traffic:
+        failed = state["revisions"][target["revisionName"]].get("failed")
+        if target["percent"] == 100 and failed:
+            action = {None: "promote", 0: "rollback"}.get(percent, "this change")
+            raise RevisionFailedError(
+                f"{action} would send all traffic of {name!r} to revision "
+                f"{target['revisionName']!r}, which failed to load ({failed['reason']}); "
+                "nothing changed. Fix its model, wait for `mlops serve` to load it "
+                "(`mlops get` shows READY True), or deploy a new version"
+            )
+    return desired
 
 
 def _traffic(desired: dict[str, Any], predictor_status: dict[str, Any]) -> list[dict[str, Any]]:

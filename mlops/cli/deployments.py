@@ -116,6 +116,11 @@ def _set_traffic(name: str, percent: int | None, target: str, namespace: str) ->
     from serving.deploy import deployed_versions, set_canary_traffic
 
     tracking_uri = default_tracking_uri()
+    if target == "local":
+        from serving import local_controller
+
+        # A change the controller refuses (a failed revision) says so first.
+        local_controller.check_change(name, percent, state_dir())
     serving = deployed_versions(name, target, state_dir=state_dir(), namespace=namespace)
     if serving is not None:
         found = [v for v in (serving.stable, serving.canary) if v]

@@ -19,6 +19,7 @@ from tests.integration.serving_helpers import (
     free_port,
     mlops,
     publish,
+    register_versions,
     start_server,
     v2_body,
     wait_for,
@@ -30,6 +31,7 @@ def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(
 ) -> None:
     home = tmp_path / ".mlops"
     deploy_champion_and_canary(home, breast_cancer, tmp_path)
+    register_versions(home, tmp_path, [1, 2])
     server = start_server(home)
     url = f"{server.url}/v2/models/{NAME}/infer"
     body = json.dumps(v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:5]))
@@ -93,6 +95,7 @@ def test_a_canary_whose_file_is_corrupt_keeps_its_share_and_answers_503_naming_i
         with open(Path(uri.removeprefix("file://")) / "model.joblib", "ab") as model_file:
             model_file.write(b"changed after upload")
         deploy(home, version, uri, canary=50)
+        register_versions(home, tmp_path, [1, 2])
 
         from serving import local_controller
 

@@ -20,6 +20,7 @@ from tests.integration.serving_helpers import (
     ServerProcess,
     deploy_champion_and_canary,
     mlops,
+    register_versions,
     start_server,
     v2_body,
     wait_for,
@@ -115,6 +116,7 @@ def test_promote_then_rollback_under_concurrent_clients_fail_no_request_in_any_w
 ) -> None:
     home = tmp_path / ".mlops"
     deploy_champion_and_canary(home, breast_cancer, tmp_path)
+    register_versions(home, tmp_path, [1, 2])
     server = start_server(home, "--workers", str(WORKERS))
     url = f"{server.url}/v2/models/{NAME}/infer"
     body = json.dumps(v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:5]))
