@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving import kubernetes_target
+from serving import kubernetes_lease, kubernetes_target
 from serving.canary_analysis import Snapshot, parse_exposition
 from serving.inference_service import (
     PAYLOAD_SINK_SERVICE,
@@ -106,14 +106,14 @@ class KubernetesTarget:
         Raises:
             RolloutLockedError: When another rollout holds a current Lease.
         """
-        kubernetes_target.acquire_lease(self.name, self.namespace, self._holder)
+        kubernetes_lease.acquire_lease(self.name, self.namespace, self._holder)
         done = threading.Event()
 
         def renew() -> None:
-            while not done.wait(kubernetes_target.LEASE_DURATION_S / 3):
+            while not done.wait(kubernetes_lease.LEASE_DURATION_S / 3):
                 try:
-                    kubernetes_target.renew_lease(self.name, self.namespace, self._holder)
-                except kubernetes_target.LeaseLostError as err:
+                    kubernetes_lease.renew_lease(self.name, self.namespace, self._holder)
+                except kubernetes_lease.LeaseLostError as err:
                     self._lost = str(err)
                     return
                 except RuntimeError:  # the API hiccupped: the next renewal may succeed
@@ -127,7 +127,7 @@ class KubernetesTarget:
             done.set()
             keeper.join()
             if self._lost is None:
-                kubernetes_target.release_lease(self.name, self.namespace, self._holder)
+                kubernetes_lease.release_lease(self.name, self.namespace, self._holder)
 
     def check(self) -> None:
         """Stop when the Lease was lost or someone else changed the traffic."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from serving import kubernetes_target
+from serving import kubernetes_lease, kubernetes_target
 from serving.deploy import (
     ServingVersions,
     deploy_inference_service,
@@ -536,33 +536,33 @@ def test_a_humans_promote_between_the_rollouts_read_and_write_wins(
 def test_one_rollout_lease_per_inference_service(cluster: FakeCluster) -> None:
     from serving.inference_service import RolloutLockedError
 
-    kubernetes_target.acquire_lease(NAME, NS, "rollout-a")
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-a")
     lease = cluster.leases[(NS, f"{NAME}-rollout")]
     assert lease["spec"]["holderIdentity"] == "rollout-a"
-    assert lease["spec"]["leaseDurationSeconds"] == kubernetes_target.LEASE_DURATION_S
+    assert lease["spec"]["leaseDurationSeconds"] == kubernetes_lease.LEASE_DURATION_S
 
     held = r"Lease breast-cancer-rollout is held by rollout-a"
     with pytest.raises(RolloutLockedError, match=held):
-        kubernetes_target.acquire_lease(NAME, NS, "rollout-b")
-    kubernetes_target.acquire_lease("other-model", NS, "rollout-b")  # one Lease per service
+        kubernetes_lease.acquire_lease(NAME, NS, "rollout-b")
+    kubernetes_lease.acquire_lease("other-model", NS, "rollout-b")  # one Lease per service
 
-    kubernetes_target.renew_lease(NAME, NS, "rollout-a")
-    with pytest.raises(kubernetes_target.LeaseLostError, match="held by rollout-a"):
-        kubernetes_target.renew_lease(NAME, NS, "rollout-b")
-    kubernetes_target.release_lease(NAME, NS, "rollout-b")  # not b's: stays
+    kubernetes_lease.renew_lease(NAME, NS, "rollout-a")
+    with pytest.raises(kubernetes_lease.LeaseLostError, match="held by rollout-a"):
+        kubernetes_lease.renew_lease(NAME, NS, "rollout-b")
+    kubernetes_lease.release_lease(NAME, NS, "rollout-b")  # not b's: stays
     assert (NS, f"{NAME}-rollout") in cluster.leases
-    kubernetes_target.release_lease(NAME, NS, "rollout-a")
+    kubernetes_lease.release_lease(NAME, NS, "rollout-a")
     assert (NS, f"{NAME}-rollout") not in cluster.leases
-    kubernetes_target.acquire_lease(NAME, NS, "rollout-b")
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-b")
 
 
 def test_a_lease_whose_holder_stopped_renewing_is_taken_over(cluster: FakeCluster) -> None:
-    kubernetes_target.acquire_lease(NAME, NS, "rollout-a")
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-a")
     lease = cluster.leases[(NS, f"{NAME}-rollout")]
     lease["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z"  # its holder died long ago
 
-    kubernetes_target.acquire_lease(NAME, NS, "rollout-b")
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-b")
 
     assert cluster.leases[(NS, f"{NAME}-rollout")]["spec"]["holderIdentity"] == "rollout-b"
-    with pytest.raises(kubernetes_target.LeaseLostError, match="now held by rollout-b"):
-        kubernetes_target.renew_lease(NAME, NS, "rollout-a")
+    with pytest.raises(kubernetes_lease.LeaseLostError, match="now held by rollout-b"):
+        kubernetes_lease.renew_lease(NAME, NS, "rollout-a")

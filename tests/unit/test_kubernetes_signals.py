@@ -22,7 +22,7 @@ import urllib3
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from serving import kubernetes_target
+from serving import kubernetes_lease, kubernetes_target
 from serving.canary_analysis import Thresholds
 from serving.deploy import deploy_inference_service
 from serving.inference_service import PredictorSettings
@@ -332,7 +332,7 @@ def test_a_second_cluster_rollout_is_refused_while_the_lease_is_held(
     from serving.inference_service import RolloutLockedError
 
     _deploy_two_versions(tmp_path)
-    kubernetes_target.acquire_lease(NAME, NS, "the-other-rollout")
+    kubernetes_lease.acquire_lease(NAME, NS, "the-other-rollout")
     target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
     before = json.dumps(api.cluster.objects[(NS, NAME)]["spec"])
 
