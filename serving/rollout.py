@@ -2,10 +2,10 @@
 
 ``run_rollout`` is target-neutral: it drives a ``RolloutTarget`` (set the canary's share, read
 the metrics, promote, roll back, record the outcome), so the same loop runs against the local
-server (``LocalTarget``) and a cluster. Each step it reads a ``Snapshot`` before and after the
-interval and judges the window with ``serving.canary_analysis.judge``. It never leaves a
-canary half rolled out behind it: a failed signal, too little traffic for too long, an error,
-Ctrl-C or SIGTERM all roll back to the stable revision.
+server (``serving.local_target.LocalTarget``) and a cluster. Each step it reads a ``Snapshot``
+before and after the interval and judges the window with ``serving.canary_analysis.judge``.
+It never leaves a canary half rolled out behind it: a failed signal, too little traffic for
+too long, an error, Ctrl-C or SIGTERM all roll back to the stable revision.
 
 A canary is rolled out only by a promote: a last step of 100 is the promote itself, never a
 ``canaryTrafficPercent: 100`` (KServe marks a revision rolled out as soon as it takes 100%, so
@@ -21,12 +21,10 @@ leaves the traffic as the human set it and exits with ``EXIT_STOPPED``.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from serving.canary_analysis import (
@@ -39,7 +37,6 @@ from serving.canary_analysis import (
     judge,
     window,
 )
-from serving.inference_service import TrafficSpec, traffic_spec
 
 # How often a window checks that the traffic is still what the rollout set.
 CHECK_EVERY_S = 5.0
@@ -465,137 +462,6 @@ def tag_version(
             "rollout.at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-
-
-class LocalTarget:
-    """The local InferenceService state and the ``mlops serve`` that follows it."""
-
-    def __init__(
-        self,
-        name: str,
-        state_dir: Path,
-        metrics: Callable[[], str],
-        tracking_uri: str | None,
-        settle_s: float = 10.0,
-    ) -> None:
-        """Drive ``name`` under ``state_dir``.
-
-        Args:
-            name: The InferenceService name.
-            state_dir: The local state directory.
-            metrics: Returns the server's ``/metrics`` text.
-            tracking_uri: MLflow, for the aliases after promote/rollback (``None``: skip).
-            settle_s: How long the server may take to route by a new share (it polls the
-                state file every 0.5 s by default).
-        """
-        self.name = name
-        self.state_dir = state_dir
-        self._metrics = metrics
-        self.tracking_uri = tracking_uri
-        self.settle_s = settle_s
-        self._canary = ""
-        self._expected: TrafficSpec | None = None
-
-    def lock(self) -> contextlib.AbstractContextManager[None]:  # noqa: D102
-        from serving import local_controller
-
-        return local_controller.rollout_lock(self.name, self.state_dir)
-
-    def _isvc(self) -> dict[str, Any]:
-        from serving import local_controller
-
-        return dict(local_controller.read_state(self.name, self.state_dir)["inferenceService"])
-
-    def pair(self) -> CanaryPair:  # noqa: D102
-        from serving import local_controller
-        from serving.inference_service import traffic_spec
-
-        state = local_controller.read_state(self.name, self.state_dir)
-        pair = canary_pair(state["inferenceService"], state["revisions"])
-        self._canary = pair.canary
-        # What the rollout starts from: any other traffic found later is someone else's.
-        self._expected = traffic_spec(state["inferenceService"])
-        return pair
-
-    def check(self) -> None:  # noqa: D102
-        from serving.inference_service import check_traffic
-
-        check_traffic(self._isvc(), self._expected)
-
-    def reference(self, pair: CanaryPair) -> dict[str, list[float]]:  # noqa: D102
-        from mlops.store import open_store, split_version_uri
-        from serving import local_controller
-        from serving.canary_analysis import reference_fractions
-
-        state = local_controller.read_state(self.name, self.state_dir)
-        uri = state["revisions"][pair.canary]["storageUri"]
-        root, model, version = split_version_uri(uri)
-        return reference_fractions(open_store(root).read_metadata(model, version))
-
-    def read_metrics(self) -> Snapshot:  # noqa: D102
-        from serving.canary_analysis import parse_exposition
-
-        return parse_exposition(self._metrics(), self.name)
-
-    def set_share(self, percent: int) -> None:  # noqa: D102
-        from serving.deploy import set_canary_traffic
-
-        if not 1 <= percent <= 99:
-            raise ValueError(f"share {percent}: a step sets 1..99 (all traffic is a promote)")
-        # No alias moves here: champion stays on the stable revision until the promote.
-        canary = self._canary or self.pair().canary
-        applied = set_canary_traffic(
-            self.name, percent, "local", state_dir=self.state_dir, expected=self._expected
-        )
-        self._expected = traffic_spec(applied)
-        # The server polls the state file: the window starts once it routes by the new share.
-        deadline = time.monotonic() + self.settle_s
-        while served_percent(self._metrics(), self.name, canary) != percent:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the server did not route {percent}% to {canary} within {self.settle_s:g} s "
-                    "of the change: is `mlops serve` following this state directory?"
-                )
-            time.sleep(0.1)
-
-    def promote(self) -> None:  # noqa: D102
-        self._final(None)
-
-    def rollback(self) -> None:  # noqa: D102
-        self._final(0)
-
-    def _final(self, percent: int | None) -> None:
-        from serving.deploy import set_canary_traffic
-
-        applied = set_canary_traffic(
-            self.name,
-            percent,
-            "local",
-            state_dir=self.state_dir,
-            tracking_uri=self.tracking_uri,
-            expected=self._expected,
-        )
-        self._expected = traffic_spec(applied)
-
-    def record(self, outcome: dict[str, Any]) -> None:  # noqa: D102
-        from serving import local_controller
-
-        local_controller.annotate(
-            self.name, OUTCOME_ANNOTATION, json.dumps(outcome, sort_keys=True), self.state_dir
-        )
-
-
-def served_percent(metrics_text: str, model: str, revision: str) -> int | None:
-    """The share the server routes to ``revision`` (``mlops_revision_traffic_percent``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "mlops_revision_traffic_percent":
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") == model and sample.labels.get("revision") == revision:
-                return int(sample.value)
-    return None
 
 
 def canary_pair(isvc: dict[str, Any], revisions: dict[str, Any] | None = None) -> CanaryPair:

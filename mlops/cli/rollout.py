@@ -163,9 +163,9 @@ def execute_rollout(
     from mlops.cli.serving import _server_url, _token
     from serving.client import V2Client
     from serving.inference_service import RolloutLockedError
+    from serving.local_target import LocalTarget
     from serving.rollout import (
         STOPPED,
-        LocalTarget,
         RolloutPlan,
         StepRecord,
         parse_steps,
