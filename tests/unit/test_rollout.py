@@ -179,3 +179,29 @@ def test_a_humans_change_stops_the_rollout_within_seconds_not_at_the_windows_end
     result = run_rollout(target, RolloutPlan((10, 100), 12.0), sleep=slept.append)
     assert result.outcome == "stopped"
     assert slept == [5.0, 5.0]  # checked every 5 s: stopped 10 s into the 12 s window
+
+
+def test_mlops_rollout_steps_100_is_refused_in_one_line_before_anything_moves(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from mlops.cli import main
+    from serving import local_controller
+    from serving.inference_service import PredictorSettings, build_inference_service
+
+    home = tmp_path / ".mlops"
+    for version, canary in ((1, None), (2, 10)):
+        settings = PredictorSettings(name="m", storage_uri=f"/store/m/{version}",
+                                     model_version=version, canary_traffic_percent=canary)
+        local_controller.apply(build_inference_service(settings), home)
+    before = local_controller.read_state("m", home)
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+
+    result = CliRunner().invoke(main, ["rollout", "m", "--steps", "100"])
+
+    assert result.exit_code == 1
+    assert "steps [100]: no step below 100" in result.output
+    assert "give shares such as 10,50,100" in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert local_controller.read_state("m", home) == before
