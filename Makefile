@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed
 KSERVE_VERSION ?= v0.20.0
 STORAGE_VENV := $(VENV)/kserve-storage-$(KSERVE_VERSION)
 STORAGE_STAMP := $(STORAGE_VENV)/.installed
+# KServe's sklearn runtime as the cluster runs it (tests/integration/kserve_runtime): the `kserve`
+# package of the same release with the scikit-learn kserve-sklearnserver pins (kserve@v0.20.0
+# python/sklearnserver/pyproject.toml: scikit-learn~=1.5.1, joblib>=1.4,<2, pandas>=2.2,<3).
+RUNTIME_VENV := $(VENV)/kserve-runtime-$(KSERVE_VERSION)
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
+RUNTIME_SKLEARN ?= 1.5.2
 
 # The web form's browser test (tests/integration/test_web_form_browser.py) drives a headless
 # Chromium: Debian's `chromium`, else a Chrome already on PATH (GitHub's runners have one).
@@ -38,6 +44,14 @@ $(STORAGE_STAMP):
 	@$(STORAGE_VENV)/bin/python -m pip install -q "kserve-storage==$(KSERVE_VERSION:v%=%)"
 	@touch $(STORAGE_STAMP)
 
+$(RUNTIME_STAMP):
+	@echo "==> installing kserve $(KSERVE_VERSION:v%=%) + scikit-learn $(RUNTIME_SKLEARN) (KServe's sklearn runtime) into $(RUNTIME_VENV)"
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	@$(RUNTIME_VENV)/bin/python -m pip install -q "kserve==$(KSERVE_VERSION:v%=%)" \
+		"kserve-storage==$(KSERVE_VERSION:v%=%)" "scikit-learn==$(RUNTIME_SKLEARN)" \
+		"joblib>=1.4,<2" "pandas>=2.2,<3"
+	@touch $(RUNTIME_STAMP)
+
 # Installs chromium with apt-get when it is missing and we are root; otherwise says the command.
 $(BROWSER_STAMP): | $(STAMP)
 	@if [ ! -x "$(CHROMIUM)" ]; then \
@@ -55,8 +69,8 @@ $(BROWSER_STAMP): | $(STAMP)
 browser: $(BROWSER_STAMP) ## install chromium for the web form's browser test (apt-get, as root)
 
 # -m "not e2e": `make test` never talks to a cluster, even when the kube-context reaches one.
-test: $(STAMP) $(STORAGE_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the two cluster replays (no e2e)
-	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
+test: $(STAMP) $(STORAGE_STAMP) $(RUNTIME_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the cluster replays (no e2e)
+	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_KSERVE_RUNTIME_PYTHON=$(abspath $(RUNTIME_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
 
 # zizmor: GitHub Actions' static analyser (unpinned actions, persisted credentials, template
 # injection...), --offline: no GitHub API calls, so it runs the same on a laptop.

@@ -360,3 +360,32 @@ def run_tags(tracking_uri: str, run_id: str) -> dict[str, str] | None:
             return None
         raise
     return dict(run.data.tags)
+
+
+# The tag a rollout (or a human's promote / rollback) leaves on the version it decided about.
+OUTCOME_TAG = "rollout.outcome"
+ROLLED_BACK = "rolled-back"
+
+
+def version_tags(tracking_uri: str, model_name: str, store_version: int | str) -> dict[str, str]:
+    """The tags of the registered version of ``store_version`` (empty when unregistered)."""
+    found = _client(tracking_uri).search_model_versions(
+        f"name='{model_name}' and tag.{_STORE_VERSION_TAG}='{store_version}'"
+    )
+    return dict(found[0].tags) if found else {}
+
+
+def registry_problem(tracking_uri: str, model_name: str) -> str | None:
+    """Why the registry cannot carry ``model_name``'s aliases, or ``None`` when it can.
+
+    A local SQLite database that does not exist is reported without being opened (opening
+    would create an empty one); an existing registry without a version of the model is too.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.exists():
+            return f"the MLflow registry {database} does not exist"
+    found = _client(tracking_uri).search_model_versions(f"name='{model_name}'", max_results=1)
+    if not found:
+        return f"the MLflow registry {tracking_uri} has no registered version of {model_name!r}"
+    return None

@@ -21,16 +21,27 @@ after the rollout would start a new revision.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving import kubernetes_target
+from serving import kubernetes_lease, kubernetes_target
 from serving.canary_analysis import Snapshot, parse_exposition
-from serving.inference_service import PAYLOAD_SINK_SERVICE
+from serving.inference_service import (
+    PAYLOAD_SINK_SERVICE,
+    TrafficChangedError,
+    TrafficSpec,
+    check_traffic,
+    traffic_spec,
+)
 from serving.rollout import CanaryPair, RolloutResult, canary_pair
 
 SINK_PORT_NAME = "http"
@@ -110,6 +121,9 @@ class KubernetesTarget:
         self.settle_s = settle_s
         # A Revision's metadata never changes: its version is read once.
         self._versions: dict[str, str] = {}
+        self._expected: TrafficSpec | None = None
+        self._holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lost: str | None = None
 
     def _traffic_versions(self, isvc: dict[str, Any]) -> dict[str, str]:
         """The model version of each Revision in ``isvc``'s traffic (read once per Revision)."""
@@ -119,9 +133,52 @@ class KubernetesTarget:
         self._versions.update(kubernetes_target.revision_versions(self.namespace, unread))
         return {n: self._versions[n] for n in names if n in self._versions}
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the InferenceService's rollout Lease (``coordination.k8s.io``) while it runs.
+
+        A Lease, not an annotation (KServe would copy an annotation onto the revision template
+        and start a new revision). A thread renews it every third of its duration; a Lease
+        lost meanwhile stops the rollout at its next check, before it writes again.
+
+        Raises:
+            RolloutLockedError: When another rollout holds a current Lease.
+        """
+        kubernetes_lease.acquire_lease(self.name, self.namespace, self._holder)
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(kubernetes_lease.LEASE_DURATION_S / 3):
+                try:
+                    kubernetes_lease.renew_lease(self.name, self.namespace, self._holder)
+                except kubernetes_lease.LeaseLostError as err:
+                    self._lost = str(err)
+                    return
+                except RuntimeError:  # the API hiccupped: the next renewal may succeed
+                    continue
+
+        keeper = threading.Thread(target=renew, name="rollout-lease", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
+            if self._lost is None:
+                kubernetes_lease.release_lease(self.name, self.namespace, self._holder)
+
+    def check(self) -> None:
+        """Stop when the Lease was lost or someone else changed the traffic."""
+        if self._lost is not None:
+            raise TrafficChangedError(
+                "losing the rollout Lease", f"stopped by losing the rollout Lease: {self._lost}"
+            )
+        check_traffic(kubernetes_target.get(self.name, self.namespace), self._expected)
+
     def pair(self) -> CanaryPair:
         """The stable (``prev``) and canary (``latest``) revisions, versions from the Revisions."""
         isvc = kubernetes_target.get(self.name, self.namespace)
+        self._expected = traffic_spec(isvc)
         versions = self._traffic_versions(isvc)
         return canary_pair(isvc, {r: {"modelVersion": v} for r, v in versions.items()})
 
@@ -142,8 +199,15 @@ class KubernetesTarget:
         return by_revision(snapshot, versions)
 
     def set_share(self, percent: int) -> None:
-        """Set ``canaryTrafficPercent`` and wait until Knative routes by it."""
-        kubernetes_target.set_canary_percent(self.name, self.namespace, percent, SHARE_TIMEOUT_S)
+        """Set ``canaryTrafficPercent`` (1..99, conditionally); wait until Knative routes by it."""
+        if not 1 <= percent <= 99:
+            raise ValueError(f"share {percent}: a step sets 1..99 (all traffic is a promote)")
+        if self._lost is not None:
+            self.check()
+        applied = kubernetes_target.set_canary_percent(
+            self.name, self.namespace, percent, SHARE_TIMEOUT_S, self._expected
+        )
+        self._expected = traffic_spec(applied)
         time.sleep(self.settle_s)
 
     def promote(self) -> None:
@@ -157,14 +221,18 @@ class KubernetesTarget:
     def _final(self, percent: int | None) -> None:
         from serving.deploy import set_canary_traffic
 
-        set_canary_traffic(
+        if self._lost is not None:
+            self.check()
+        applied = set_canary_traffic(
             self.name,
             percent,
             "kubernetes",
             state_dir=self.state_dir,
             namespace=self.namespace,
             tracking_uri=self.tracking_uri,
+            expected=self._expected,
         )
+        self._expected = traffic_spec(applied)
 
     def record(self, outcome: dict[str, Any]) -> None:
         """Record the outcome as an Event on the InferenceService (``kubectl describe isvc``)."""
@@ -209,7 +277,14 @@ def run_cluster_rollout(
         RolloutAborted: When a step failed; the canary was rolled back.
     """
     from serving.canary_analysis import Thresholds
-    from serving.rollout import RolloutPlan, StepRecord, parse_steps, run_rollout, tag_version
+    from serving.rollout import (
+        STOPPED,
+        RolloutPlan,
+        StepRecord,
+        parse_steps,
+        run_rollout,
+        tag_version,
+    )
     from serving.rollout_report import render
 
     plan = RolloutPlan(parse_steps(steps), interval_s, Thresholds(min_requests=min_requests))
@@ -221,6 +296,6 @@ def run_cluster_rollout(
 
     result = run_rollout(target, plan, step, sleep)
     emit(json.dumps(result.as_json(), separators=(",", ":")))
-    if tracking_uri:
+    if tracking_uri and result.outcome != STOPPED:  # a human's decision keeps its tags
         tag_version(tracking_uri, name, result.pair.canary_version, result)
     return result, render(result, plan)

@@ -42,7 +42,10 @@ from starlette.responses import Response
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
-from serving.form import mount_form, router_schema
+from serving.docs import install_docs
+from serving.features import quoted
+from serving.form import mount_form
+from serving.form_schema import router_schema
 from serving.limits import (
     ConnectionLimits,
     ConnectionShares,
@@ -122,6 +125,29 @@ class LocalDataPlane(DataPlane):
         """Whether some model is registered and every registered model is ready."""
         models = list(self.model_registry.get_models().values())
         return bool(models) and all([await model.healthy() for model in models])
+
+    def get_model_from_registry(self, name: str) -> Any:
+        """KServe's lookup, refusing an unknown name with the name cut short."""
+        self._check_served(name)
+        return super().get_model_from_registry(name)
+
+    async def get_model(self, name: str) -> Any:
+        """KServe's lookup (and lazy load), refusing an unknown name with the name cut short."""
+        self._check_served(name)
+        return await super().get_model(name)
+
+    async def model_ready(
+        self, model_name: str, disable_predictor_health_check: bool = False
+    ) -> bool:
+        """KServe's readiness of one model, refusing an unknown name with the name cut short."""
+        self._check_served(model_name)
+        return await super().model_ready(model_name, disable_predictor_health_check)
+
+    def _check_served(self, name: str) -> None:
+        # KServe puts the whole name from the URL into the 404's message and its log line
+        # (11 MB of stderr for 27k requests with long names): a name is quoted only so far.
+        if self._model_registry.get_model(name) is None:
+            raise ModelNotFound(quoted(name))
 
     def metadata(self) -> dict[str, Any]:
         """KServe's server metadata, without the model repository extension."""
@@ -274,12 +300,19 @@ class ServingCollector(Collector):
         yield rows
 
 
+# A rejection's message is logged this far at most (the messages name fields, not values).
+_LOGGED_CHARS = 300
+
+
 class _NoTracebackForBadRequests(logging.Filter):
     """KServe logs every handled error with a traceback; a client's mistake needs one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], InvalidInput | ModelNotFound):
-            record.msg, record.args = "rejected request: %s", (record.exc_info[1],)
+            message = str(record.exc_info[1])
+            if len(message) > _LOGGED_CHARS:
+                message = f"{message[:_LOGGED_CHARS]}... ({len(message)} characters)"
+            record.msg, record.args = "rejected request: %s", (message,)
             record.exc_info = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
@@ -353,6 +386,7 @@ def install(
         REGISTRY.register(ServingCollector(router))
     app.include_router(V2Routes(router, dataplane).api_router())
     mount_form(app, lambda: router_schema(router))
+    install_docs(app, router.name)
     # The last added runs first: requests are logged and counted, then authenticated.
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)

@@ -108,17 +108,60 @@ def get(model_name: str, output: str, target: str, namespace: str) -> None:
 
 
 def _set_traffic(name: str, percent: int | None, target: str, namespace: str) -> None:
-    from serving.deploy import set_canary_traffic
+    """Promote or roll back by hand; the decided version's outcome tag says so.
 
+    Refused, before anything changes, when a model serves but the registry is missing or
+    empty (the aliases would silently land in a new, empty one).
+    """
+    from mlops.cli.rollout import check_registry
+    from serving.deploy import deployed_versions, set_canary_traffic
+
+    tracking_uri = default_tracking_uri()
+    if target == "local":
+        from serving import local_controller
+
+        # A change the controller refuses (a failed revision) says so first.
+        local_controller.check_change(name, percent, state_dir())
+    serving = deployed_versions(name, target, state_dir=state_dir(), namespace=namespace)
+    if serving is not None:
+        found = [v for v in (serving.stable, serving.canary) if v]
+        plural = "s" if len(found) > 1 else ""
+        check_registry(tracking_uri, name, f"version{plural} {' and '.join(found) or '?'}")
     applied = set_canary_traffic(
-        name,
-        percent,
-        target,
-        state_dir=state_dir(),
-        namespace=namespace,
-        tracking_uri=default_tracking_uri(),
+        name, percent, target, state_dir=state_dir(), namespace=namespace, tracking_uri=tracking_uri
     )
+    _tag_decision(tracking_uri, name, percent, applied, target)
     click.echo(format_table([isvc_row(applied)]))
+
+
+def _tag_decision(
+    tracking_uri: str, name: str, percent: int | None, isvc: dict[str, Any], target: str
+) -> None:
+    """Tag the latest revision's version ``promoted`` or ``rolled-back`` (by hand)."""
+    from mlops import registry
+    from serving.deploy import revision_versions
+
+    traffic = isvc.get("status", {}).get("components", {}).get("predictor", {}).get("traffic", [])
+    latest = next((t for t in traffic if t.get("latestRevision")), None)
+    if latest is None:
+        return
+    served = int(latest.get("percent") or 0)
+    if (percent is None) != (served == 100) or (percent == 0 and served != 0):
+        return  # nothing was decided about the latest revision (it is the only one)
+    version = revision_versions(isvc, target, state_dir()).get(str(latest["revisionName"]))
+    if not version:
+        return
+    command = "promote" if percent is None else "rollback"
+    registry.tag_version(
+        tracking_uri,
+        name,
+        version,
+        {
+            registry.OUTCOME_TAG: "promoted" if percent is None else registry.ROLLED_BACK,
+            "rollout.reason": f"by hand: `mlops {command}`",
+            "rollout.at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
 
 
 @click.command()

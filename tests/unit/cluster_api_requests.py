@@ -9,7 +9,7 @@ fake API that records each request's RBAC attributes and fails when one is not l
   InferenceService get / create / replace (``serving/kubernetes_target.py``), the Revisions'
   reads (``revision_versions``), the sink's ``/metrics`` through the Service proxy
   (``serving/kubernetes_signals.py`` ``read_sink_metrics``), the outcome's Event
-  (``record_event``) and the rollout's Lease per InferenceService (get, create, renew).
+  (``record_event``) and the rollout's Lease per InferenceService (get, create, renew, release).
 - The release workflow runs as ``mlops-prod/mlops-release``: its preflight (``kubectl get
   service``, ``kubectl auth can-i``), ``kubectl port-forward svc/minio|mlflow`` in both
   namespaces (get the Service, list and get pods, pods/portforward), and ``mlops release``'s
@@ -45,6 +45,7 @@ def pipeline_requests(namespace: str) -> list[Request]:
         Request("get", LEASES, "leases", namespace),
         Request("create", LEASES, "leases", namespace),
         Request("update", LEASES, "leases", namespace),
+        Request("delete", LEASES, "leases", namespace),
     ]
 
 

@@ -277,8 +277,8 @@ def test_the_rollout_may_read_only_the_sinks_metrics_and_create_events(built: An
     assert rules == {
         ("services/proxy", ("get",)): ["mlops-payload-sink", "mlops-payload-sink:http"],
         ("events", ("create",)): None,
-        # The rollout's Lease per InferenceService (one rollout at a time); no delete.
-        ("leases", ("get", "create", "update")): None,
+        # The rollout's Lease per InferenceService (one rollout at a time), released at the end.
+        ("leases", ("get", "create", "update", "delete")): None,
     }
     binding = _find(objects, "RoleBinding", "pipeline-runner-rolls-out-models")
     assert binding["roleRef"]["name"] == "canary-rollout"

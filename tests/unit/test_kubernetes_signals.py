@@ -22,7 +22,7 @@ import urllib3
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from serving import kubernetes_target
+from serving import kubernetes_lease, kubernetes_target
 from serving.canary_analysis import Thresholds
 from serving.deploy import deploy_inference_service
 from serving.inference_service import STORAGE_URI_ANNOTATION, PredictorSettings
@@ -102,14 +102,21 @@ def _deploy_two_versions(tmp_path: Path) -> None:
 
 
 class Traffic:
-    """What the payload logger posts while a window passes: 200 requests split by the share."""
+    """What the payload logger posts while a window passes: 200 requests split by the share.
 
-    def __init__(self, api: Api, canary_predicts: int | None) -> None:
+    From window ``bad_at`` on (1-based), the canary predicts ``1`` for every row.
+    """
+
+    def __init__(self, api: Api, canary_predicts: int | None, bad_at: int | None = None) -> None:
         self.api, self.canary_predicts = api, canary_predicts
         self.rng = np.random.default_rng(7)
         self.sent = 0
+        self.bad_at, self.window = bad_at, 0
 
     def __call__(self, _seconds: float) -> None:
+        self.window += 1
+        if self.bad_at is not None and self.window >= self.bad_at:
+            self.canary_predicts = 1
         traffic = self.api.cluster.predictor_status(NAME, NS)["traffic"]
         for target in traffic:
             for _ in range(2 * int(target["percent"])):
@@ -161,11 +168,19 @@ class Traffic:
             assert sent.status == 202
 
 
-def _rollout(api: Api, tmp_path: Path, canary_predicts: int | None) -> Any:
+def _rollout(
+    api: Api,
+    tmp_path: Path,
+    canary_predicts: int | None,
+    steps: tuple[int, ...] = (10, 50, 100),
+    bad_at: int | None = None,
+) -> Any:
     _deploy_two_versions(tmp_path)
     target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
-    plan = RolloutPlan(steps=(10, 50, 100), interval_s=1, thresholds=Thresholds(min_requests=15))
-    return run_rollout(target, plan, sleep=Traffic(api, canary_predicts))
+    # 100 canary rows at 50%: input drift is judged there (a promote needs it judged once).
+    thresholds = Thresholds(min_requests=15, min_drift_rows=100)
+    plan = RolloutPlan(steps=steps, interval_s=1, thresholds=thresholds)
+    return run_rollout(target, plan, sleep=Traffic(api, canary_predicts, bad_at))
 
 
 def test_a_good_canary_is_stepped_to_all_traffic_and_the_event_says_promoted(
@@ -174,7 +189,9 @@ def test_a_good_canary_is_stepped_to_all_traffic_and_the_event_says_promoted(
     result = _rollout(api, tmp_path, canary_predicts=None)
 
     assert (result.outcome, result.exit_code) == ("promoted", EXIT_PROMOTED)
-    assert [s.step for s in result.steps] == [10, 50, 100]
+    # The last step, 100, is the promote: no canaryTrafficPercent 100, no window judged there.
+    assert [s.step for s in result.steps] == [10, 50]
+    assert api.cluster.replaced[-3:] == [10, 50, None] and 100 not in api.cluster.replaced
     assert (result.pair.stable_version, result.pair.canary_version) == ("1", "2")
     predictor = api.cluster.predictor_status(NAME, NS)
     assert [(t["revisionName"], t["percent"]) for t in predictor["traffic"]] == [
@@ -270,9 +287,12 @@ def test_mlops_rollout_with_target_kubernetes_steps_the_cluster_and_rolls_back_a
     at all the canary is held, then rolled back, and the stable revision serves everything."""
     from click.testing import CliRunner
 
+    from mlops import registry
     from mlops.cli import main
 
     _deploy_two_versions(tmp_path)
+    # The registry is not what this checks (the CLI refuses a missing one: test_cli).
+    monkeypatch.setattr(registry, "registry_problem", lambda *_: None)
     monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     arguments = ["rollout", NAME, "--target", "kubernetes", "-n", NS, "--steps", "10,100"]
@@ -324,3 +344,73 @@ def test_read_metrics_reads_each_revision_once_and_maps_the_sinks_versions(
     assert (first.get(stable).requests, first.get(canary).requests) == (180, 20)
     assert (first.get(stable).model_version, first.get(canary).model_version) == ("1", "2")
     assert second.get(canary).requests == 20
+
+
+class HumanAt(Traffic):
+    """Good traffic; before window ``at`` a human runs ``mlops promote`` / ``mlops rollback``."""
+
+    def __init__(self, api: Api, at: int, percent: int | None) -> None:
+        super().__init__(api, canary_predicts=None)
+        self.at, self.percent, self.windows = at, percent, 0
+
+    def __call__(self, seconds: float) -> None:
+        self.windows += 1
+        if self.windows == self.at:
+            kubernetes_target.set_canary_percent(NAME, NS, self.percent, timeout_s=30)
+        super().__call__(seconds)
+
+
+@pytest.mark.parametrize(("percent", "by"), [(0, "a rollback"), (None, "a promote")])
+def test_a_humans_promote_or_rollback_stops_the_cluster_rollout_and_stays(
+    api: Api, tmp_path: Path, percent: int | None, by: str
+) -> None:
+    from serving.rollout import EXIT_STOPPED
+
+    _deploy_two_versions(tmp_path)
+    target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
+    plan = RolloutPlan((10, 50, 100), 1, Thresholds(min_requests=15, min_drift_rows=100))
+
+    result = run_rollout(target, plan, sleep=HumanAt(api, at=2, percent=percent))
+
+    assert (result.outcome, result.exit_code) == ("stopped", EXIT_STOPPED)
+    assert result.reason.startswith(f"stopped by {by}")
+    stored = api.cluster.objects[(NS, NAME)]["spec"]["predictor"]
+    assert stored.get("canaryTrafficPercent") == percent  # the human's, not the rollout's 50
+    assert json.loads(api.events[-1]["message"])["outcome"] == "stopped"
+    assert api.cluster.leases == {}  # released
+
+
+def test_a_second_cluster_rollout_is_refused_while_the_lease_is_held(
+    api: Api, tmp_path: Path
+) -> None:
+    from serving.inference_service import RolloutLockedError
+
+    _deploy_two_versions(tmp_path)
+    kubernetes_lease.acquire_lease(NAME, NS, "the-other-rollout")
+    target = KubernetesTarget(NAME, NS, tmp_path, tracking_uri=None, settle_s=0)
+    before = json.dumps(api.cluster.objects[(NS, NAME)]["spec"])
+
+    with pytest.raises(RolloutLockedError, match="held by the-other-rollout"):
+        run_rollout(target, RolloutPlan((10, 100), 1), sleep=Traffic(api, None))
+
+    assert json.dumps(api.cluster.objects[(NS, NAME)]["spec"]) == before
+
+
+def test_a_rollback_at_the_last_judged_step_leaves_the_stable_rolled_out(
+    api: Api, tmp_path: Path
+) -> None:
+    result = _rollout(api, tmp_path, canary_predicts=None, steps=(10, 50, 90, 100), bad_at=3)
+
+    assert result.outcome == "rolled-back" and [s.step for s in result.steps] == [10, 50, 90]
+    predictor = api.cluster.predictor_status(NAME, NS)
+    assert predictor["latestRolledoutRevision"] == f"{NAME}-predictor-00001"
+    store = tmp_path / "store" / NAME
+    (store / "3").mkdir()
+    (store / "3" / "metadata.json").write_text((store / "2" / "metadata.json").read_text())
+    settings = PredictorSettings(NAME, str(store / "3"), 3, NS, 10)
+    applied = deploy_inference_service(settings, "kubernetes", tmp_path, 30)
+    split = applied["status"]["components"]["predictor"]["traffic"]
+    assert {t["revisionName"]: t["percent"] for t in split} == {
+        f"{NAME}-predictor-00003": 10,
+        f"{NAME}-predictor-00001": 90,
+    }
