@@ -309,20 +309,6 @@ def tag_version(
     return True
 
 
-def version_tags(
-    tracking_uri: str, model_name: str, store_version: int | str
-) -> dict[str, str] | None:
-    """The tags of the registered version of ``store_version`` (a rollout's ``rollout.*``).
-
-    ``None`` when that store version is not registered.
-    """
-    client = _client(tracking_uri)
-    found = client.search_model_versions(
-        f"name='{model_name}' and tag.{_STORE_VERSION_TAG}='{store_version}'"
-    )
-    return dict(found[0].tags) if found else None
-
-
 def drop_alias(tracking_uri: str, model_name: str, alias: str) -> None:
     """Remove ``alias`` if it is set."""
     from mlflow.exceptions import MlflowException

@@ -42,9 +42,9 @@ from mlops.store import StoreError, fetch_checked
 
 LINEAGE_FIELD = "lineage"
 # The MLflow model-version tag a rollout sets (``serving.rollout.tag_version``) and its values.
-OUTCOME_TAG = "rollout.outcome"
+OUTCOME_TAG = registry.OUTCOME_TAG
 PROMOTED = "promoted"
-ROLLED_BACK = "rolled-back"
+ROLLED_BACK = registry.ROLLED_BACK
 
 
 class ReleaseRefused(ValueError):
@@ -332,7 +332,7 @@ def rollout_evidence(source: Environment, model_name: str, version: int) -> str:
             all of the source's traffic.
     """
     where = f"{source.name} version {version} of {model_name!r}"
-    tags = registry.version_tags(source.tracking_uri, model_name, version) or {}
+    tags = registry.version_tags(source.tracking_uri, model_name, version)
     outcome = tags.get(OUTCOME_TAG)
     if outcome == PROMOTED:
         return f"promoted by {source.name}'s rollout"
