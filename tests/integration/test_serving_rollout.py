@@ -174,7 +174,7 @@ def test_promote_and_rollback_refuse_when_the_registry_is_missing_while_a_model_
     assert result.returncode == 1
     message = result.stderr.strip()
     assert message == (
-        f"Error: the MLflow registry {home / 'mlflow.db'} does not exist, but '{NAME}' serves "
+        f"error: the MLflow registry {home / 'mlflow.db'} does not exist, but '{NAME}' serves "
         "versions 1 and 2: restore it (or point MLFLOW_TRACKING_URI at the registry that holds "
         "its versions); nothing changed"
     )

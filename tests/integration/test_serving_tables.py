@@ -31,6 +31,8 @@ from tests.integration.table_models import (
     publish_table,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @dataclass(frozen=True)
 class Table:
@@ -54,7 +56,8 @@ class Table:
 def _serve(tmp: Path, model: Any, frame: pd.DataFrame) -> Iterator[Table]:
     home = tmp / ".mlops"
     deploy(home, *publish_table(home / "store", NAME, model, frame, tmp))
-    server = start_server(home, "--workers", "1")
+    # PYTHONPATH: a test model (tests/integration/faulty_models.py) is unpickled by the server.
+    server = start_server(home, "--workers", "1", env={"PYTHONPATH": str(ROOT)})
     try:
         yield Table(server, model, frame)
     finally:
