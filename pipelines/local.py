@@ -44,10 +44,20 @@ class LocalRunSummary:
     storage_uri: str | None = None
     isvc_name: str | None = None
     log_file: Path | None = None
+    report: Path | None = None
 
 
 def local_arguments(overrides: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """Pipeline arguments for a local run: local store, MLflow and deploy target."""
+    """Pipeline arguments for a local run: local store, MLflow and deploy target.
+
+    ``min_accuracy``, the gate floor's name before the gate metric could be chosen, is taken
+    as ``min_score``.
+    """
+    from mlops.parameters import LEGACY_MIN_SCORE
+
+    overrides = dict(overrides)
+    if LEGACY_MIN_SCORE in overrides:
+        overrides.setdefault("min_score", overrides.pop(LEGACY_MIN_SCORE))
     return {
         "store_uri": default_store_uri(),
         "tracking_uri": default_tracking_uri(),
@@ -223,7 +233,22 @@ def run_locally(
         finally:
             # Its failure, if any, is also the failing step's own error (shown above).
             database.join()
-    return _summarize(outputs.outputs, arguments, log_file)
+    summary = _summarize(outputs.outputs, arguments, log_file)
+    summary.report = _keep_report(outputs.outputs.get("report"), state_dir, summary.mlflow_run_id)
+    return summary
+
+
+def _keep_report(artifact: Any, state_dir: Path, run_id: str) -> Path | None:
+    """Copy the evaluate step's HTML report to ``<state dir>/reports/<run id>.html``."""
+    import shutil
+
+    source = getattr(artifact, "path", None)
+    if not source or not Path(source).is_file():
+        return None
+    dest = state_dir / "reports" / f"{run_id}.html"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    return dest
 
 
 def _summarize(outputs: dict[str, Any], arguments: dict[str, Any], log: Path) -> LocalRunSummary:

@@ -8,9 +8,15 @@ from typing import Any
 
 import click
 
+from mlops.estimators import DEFAULT_HYPERPARAMETERS, ESTIMATOR_DEFAULTS
+from mlops.parameters import GATE_METRICS
 from mlops.settings import DEFAULT_MODEL_NAME, state_dir
 from pipelines.compile import COMPILED as COMPILED_PIPELINE
 from pipelines.compile import COMPILED_SCORING
+
+# `mlops run`'s exit code when the gate refuses the model (documented in --help and README):
+# a CI job tells it from a deploy (0) and from an error (1); 3 is a rolled-back canary.
+GATED_EXIT_CODE = 4
 
 
 def _hyperparameters(_ctx: click.Context, _param: click.Parameter, value: str) -> dict[str, Any]:
@@ -37,14 +43,18 @@ def pipeline_options(func: Any) -> Any:
             "--estimator",
             default="logistic_regression",
             show_default=True,
-            type=click.Choice(["logistic_regression", "random_forest", "gradient_boosting"]),
+            type=click.Choice(list(ESTIMATOR_DEFAULTS)),
         ),
         click.option(
             "--hyperparameters",
-            default='{"C": 1.0, "max_iter": 1000}',
+            default="{}",
             show_default=True,
             callback=_hyperparameters,
-            help="JSON object.",
+            help="JSON object of the estimator's parameters; {}: its defaults ("
+            + "; ".join(
+                f"{name} {json.dumps(params)}" for name, params in DEFAULT_HYPERPARAMETERS.items()
+            )
+            + ").",
         ),
         click.option("--seed", default=42, show_default=True, type=int),
         click.option(
@@ -61,13 +71,29 @@ def pipeline_options(func: Any) -> Any:
             help="Share of training labels replaced at random (a degraded model).",
         ),
         click.option("--min-rows", default=100, show_default=True, type=click.IntRange(1)),
-        click.option("--min-accuracy", default=0.9, show_default=True, type=click.FloatRange(0, 1)),
+        click.option(
+            "--gate-metric",
+            default="accuracy",
+            show_default=True,
+            type=click.Choice(GATE_METRICS),
+            help="Holdout metric the gate judges by; the model must also beat always predicting "
+            "the majority class on it.",
+        ),
+        click.option(
+            "--min-score",
+            "--min-accuracy",
+            "min_score",
+            default=0.9,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Floor of the gate metric (--min-accuracy: its old name).",
+        ),
         click.option(
             "--max-degradation",
             default=0.02,
             show_default=True,
             type=click.FloatRange(0, 1),
-            help="Allowed F1 drop against the champion.",
+            help="Allowed drop of the gate metric against the champion.",
         ),
         click.option(
             "--canary-percent",
@@ -101,7 +127,15 @@ def pipeline_options(func: Any) -> Any:
     "running `mlops serve` (exit 0 promoted, 3 rolled back); manual: leave the canary.",
 )
 def run(verbose: bool, rollout: str, **arguments: Any) -> None:
-    """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService."""
+    r"""Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService.
+
+    Writes an HTML report of the run (metrics, confusion matrix, ROC curve, the gate's
+    decision) under the state directory and prints its path.
+
+    \b
+    Exit codes: 0 deployed (or promoted, --rollout auto); 1 an error;
+    3 the canary was rolled back (--rollout auto); 4 the gate refused the model.
+    """
     from pipelines.local import run_locally
 
     if rollout == "auto":
@@ -126,8 +160,12 @@ def run(verbose: bool, rollout: str, **arguments: Any) -> None:
         click.echo(f"InferenceService: `mlops get {summary.isvc_name}`; serve it: `mlops serve`")
     else:
         click.echo("model: not uploaded; the serving InferenceService is unchanged")
+    if summary.report is not None:
+        click.echo(f"report: {summary.report}")
     click.echo(f"step logs: {summary.log_file}")
-    if rollout == "auto" and summary.deploy:
+    if not summary.deploy:
+        raise SystemExit(GATED_EXIT_CODE)
+    if rollout == "auto":
         _auto_rollout(arguments["model_name"])
 
 
