@@ -104,7 +104,7 @@ def _feature_problems(values: pd.Series, column: str) -> list[str]:
         infinite = int(np.isinf(values.to_numpy(dtype=float)).sum())
         if infinite:
             return [
-                f"column {column!r} has {infinite} infinite values: replace them with numbers "
+                f"column {column!r} has infinite values ({infinite} rows): replace them with numbers "
                 "or leave those cells empty (missing values are imputed)"
             ]
         return []
