@@ -145,7 +145,13 @@ def run(verbose: bool, rollout: str, **arguments: Any) -> None:
     summary = run_locally(arguments, state_dir(), verbose=verbose)
     click.echo("")
     for key, value in sorted(summary.metrics.items()):
-        click.echo(f"  {key:<20} {value:.4f}")
+        if not key.startswith("baseline_"):
+            click.echo(f"  {key:<20} {value:.4f}")
+    metric = arguments["gate_metric"]
+    if f"baseline_{metric}" in summary.metrics:
+        click.echo(
+            f"  always the majority class: {metric} {summary.metrics[f'baseline_{metric}']:.4f}"
+        )
     verdict = click.style(
         "deploy" if summary.deploy else "gated",
         bold=True,
