@@ -104,8 +104,8 @@ def _feature_problems(values: pd.Series, column: str) -> list[str]:
         infinite = int(np.isinf(values.to_numpy(dtype=float)).sum())
         if infinite:
             return [
-                f"column {column!r} has infinite values ({infinite} rows): replace them with numbers "
-                "or leave those cells empty (missing values are imputed)"
+                f"column {column!r} has infinite values ({infinite} rows): replace them with "
+                "numbers or leave those cells empty (missing values are imputed)"
             ]
         return []
     present = values.dropna().astype(str)

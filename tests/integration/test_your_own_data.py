@@ -147,7 +147,9 @@ def _holdout(home: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
-def trained_case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained_case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
     """The case trained once by ``mlops run`` in a state directory of its own."""
     name: str = request.param
     spec = CASES[name]

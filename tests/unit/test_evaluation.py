@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -126,15 +127,11 @@ def test_agreeing_or_unknowable_states_are_accepted(
     check_champion("m", deployed=deployed, is_deployed=is_deployed, champion=champion)
 
 
-def _imbalanced(n: int = 1000, positives: int = 30) -> "np.ndarray":
-    import numpy as np
-
+def _imbalanced(n: int = 1000, positives: int = 30) -> np.ndarray:
     return np.array([1] * positives + [0] * (n - positives))
 
 
 def test_a_model_that_always_says_the_majority_class_is_refused_saying_so() -> None:
-    import numpy as np
-
     labels = _imbalanced()
     baseline = majority_baseline(labels)
     assert baseline[0] == 0 and baseline[1]["accuracy"] == pytest.approx(0.97)
@@ -144,10 +141,10 @@ def test_a_model_that_always_says_the_majority_class_is_refused_saying_so() -> N
     class Majority:  # what an estimator that learnt nothing answers
         classes_ = np.array([0, 1])
 
-        def predict(self, rows: "np.ndarray") -> "np.ndarray":
+        def predict(self, rows: np.ndarray) -> np.ndarray:
             return np.zeros(len(rows), dtype=int)
 
-        def predict_proba(self, rows: "np.ndarray") -> "np.ndarray":
+        def predict_proba(self, rows: np.ndarray) -> np.ndarray:
             return np.tile([0.97, 0.03], (len(rows), 1))
 
     scores = score_classifier(Majority(), np.zeros((1000, 1)), labels)
@@ -196,7 +193,6 @@ def test_an_undefined_gate_metric_is_refused_with_what_to_do() -> None:
     ],
 )
 def test_metrics_and_curves_of_text_bool_and_multi_class_labels(labels: list) -> None:
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(0)
