@@ -90,6 +90,19 @@ def test_every_version_carries_the_sha256_of_its_file(runs: dict) -> None:
         assert len(metadata["data_fingerprint"]) == 64
         assert set(metadata["metrics"]) >= {"accuracy", "f1", "roc_auc"}
         assert metadata["reference_statistics"]["rows"] == 569
+        # Issue 17: the built-in's class names travel with the model; all-numeric: a tensor.
+        assert metadata["classes"] == [0, 1]
+        assert metadata["class_names"] == ["malignant", "benign"]
+        assert metadata["input_kind"] == "tensor" and metadata["label_datatype"] == "INT64"
+
+
+def test_every_run_writes_its_html_report_under_the_state_directory(runs: dict) -> None:
+    for name in ("first", "second", "gated"):
+        summary: LocalRunSummary = runs[name]
+        assert summary.report == runs["home"] / "reports" / f"{summary.mlflow_run_id}.html"
+        page = summary.report.read_text()
+        assert "<th>malignant</th>" in page and "<svg" in page
+    assert "decision: gated" in runs["gated"].report.read_text()
 
 
 def test_degraded_model_is_gated_and_production_is_untouched(runs: dict) -> None:
