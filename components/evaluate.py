@@ -84,6 +84,7 @@ def evaluate(
     challenger = joblib.load(model.path)
     scores = score_classifier(challenger, features, labels)
     baseline = majority_baseline(labels)
+
     # The deployed InferenceService is the truth; the alias must agree with it (before anything
     # is logged to MLflow: a refused gate writes nothing).
     serving = deployed_versions(
@@ -97,6 +98,7 @@ def evaluate(
         champion=str(champion[0]) if champion else None,
     )
     champion_uri = champion[1] if champion else None
+
     champion_scores, mismatch = None, None
     if champion_uri:
         with tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +115,7 @@ def evaluate(
     decision = mismatch or decide_deployment(
         scores, champion_scores, min_score, max_degradation, gate_metric, baseline
     )
+
     for key, value in scores.items():
         metrics.log_metric(key, value)
     for key, value in (champion_scores or {}).items():
@@ -122,6 +125,7 @@ def evaluate(
     classification.log_confusion_matrix(names, matrix)
     if roc is not None:
         classification.log_roc_curve(*roc)
+
     params = {**model.metadata.get("params", {}), "data_source": data_source}
     baseline_scores = {f"baseline_{k}": v for k, v in baseline[1].items() if k != "f1"}
     run_id = registry.log_training_run(
