@@ -127,12 +127,11 @@ def pipeline_options(func: Any) -> Any:
     "running `mlops serve` (exit 0 promoted, 3 rolled back); manual: leave the canary.",
 )
 def run(verbose: bool, rollout: str, **arguments: Any) -> None:
-    r"""Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService.
+    """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService.
 
     Writes an HTML report of the run (metrics, confusion matrix, ROC curve, the gate's
     decision) under the state directory and prints its path.
 
-    \b
     Exit codes: 0 deployed (or promoted, --rollout auto); 1 an error;
     3 the canary was rolled back (--rollout auto); 4 the gate refused the model.
     """
