@@ -2,9 +2,10 @@
 
 The matrix: every offered estimator; int, text and bool labels; two and three classes; text
 (categorical) columns and missing values; a built-in dataset's class names; and an imbalanced
-table whose majority-only model the default gate refuses. Each case is trained once, in its own
-state directory, by ``mlops run`` itself; every batch-scored answer is compared with the stored
-model's own ``predict``.
+table whose majority-only model the default gate refuses. Each case is trained once, by
+``mlops run`` itself, as a model of its own name in one state directory shared by the module (one
+MLflow database to create, not one per case); every batch-scored answer is compared with the
+stored model's own ``predict``.
 
 ``trained_case`` hands each case's stored version and its real holdout rows to a test: a
 serving check (``mlops serve`` answers against the same ``predict``) takes the same fixture.
@@ -119,6 +120,7 @@ class Trained:
     metadata: dict[str, Any]
     holdout: pd.DataFrame  # the real holdout rows of the run, label included
     label_column: str
+    run_dir: Path  # the run's KFP artifacts (pipeline_root/<run>)
 
     def rows(self) -> pd.DataFrame:
         """The holdout's feature columns, in the model's order."""
@@ -141,36 +143,45 @@ def _run(arguments: list[str]) -> Any:
     return CliRunner().invoke(main, ["run", *arguments], catch_exceptions=False)
 
 
-def _holdout(home: Path) -> pd.DataFrame:
-    (path,) = sorted(home.glob("pipeline_root/*/train/holdout"))[-1:]
-    return pd.read_parquet(path)
+def _run_in(home: Path, arguments: list[str]) -> tuple[Any, Path]:
+    """``mlops run`` in ``home``; its result and the directory of its KFP artifacts."""
+    before = set(home.glob("pipeline_root/*"))
+    with pytest.MonkeyPatch.context() as patch:
+        _isolated(patch, home)
+        result = _run(arguments)
+    (run_dir,) = set(home.glob("pipeline_root/*")) - before
+    return result, run_dir
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The state directory every case of the module trains in (each under its own name)."""
+    return tmp_path_factory.mktemp("own-data") / ".mlops"
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def trained_case(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Trained:
-    """The case trained once by ``mlops run`` in a state directory of its own."""
+    """The case trained once by ``mlops run``, as the model named after the case."""
     name: str = request.param
     spec = CASES[name]
-    home = tmp_path_factory.mktemp(name) / ".mlops"
     source = spec.source
     label = "target" if source else "label"
     if spec.table is not None:
-        path = home.parent / f"table{spec.suffix}"
+        path = tmp_path_factory.mktemp("tables") / f"{name}{spec.suffix}"
         frame = spec.table()
         frame.to_csv(path, index=False) if spec.suffix == ".csv" else frame.to_parquet(path)
         source = str(path)
-    with pytest.MonkeyPatch.context() as patch:
-        _isolated(patch, home)
-        result = _run([
-            "--source", source, "--label-column", label, "--estimator", spec.estimator,
-            "--model-name", name,
-        ])
+    result, run_dir = _run_in(home, [
+        "--source", source, "--label-column", label, "--estimator", spec.estimator,
+        "--model-name", name,
+    ])
     folder = home / "store" / name / "1"
     metadata = json.loads((folder / "metadata.json").read_text()) if folder.exists() else {}
+    holdout = pd.read_parquet(run_dir / "train" / "holdout")
     return Trained(name, spec, home, result.output, result.exit_code, f"file://{folder}/",
-                   metadata, _holdout(home), label)
+                   metadata, holdout, label, run_dir)
 
 
 def test_the_run_deploys_version_1_with_the_estimator_s_own_defaults(
@@ -234,7 +245,7 @@ def test_the_report_and_the_kfp_confusion_matrix_name_the_classes(trained_case: 
     assert "decision: deploy" in page and "<svg" in page
     for name in trained_case.spec.class_names:
         assert f"<th>{name}</th>" in page
-    (executor,) = trained_case.home.glob("pipeline_root/*/evaluate/executor_output.json")
+    executor = trained_case.run_dir / "evaluate" / "executor_output.json"
     matrix = json.loads(executor.read_text())["artifacts"]["classification"]["artifacts"][0]
     specs = matrix["metadata"]["confusionMatrix"]["annotationSpecs"]
     assert [s["displayName"] for s in specs] == trained_case.spec.class_names
@@ -253,19 +264,16 @@ def _imbalanced(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def imbalanced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def imbalanced(home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The default gate on the imbalanced table, then a balanced model on balanced accuracy."""
-    home = tmp_path_factory.mktemp("imbalanced") / ".mlops"
-    table = _imbalanced(home.parent / "fraud.csv")
+    table = _imbalanced(tmp_path_factory.mktemp("tables") / "fraud.csv")
     common = ["--source", str(table), "--label-column", "fraud", "--model-name", "fraud"]
-    with pytest.MonkeyPatch.context() as patch:
-        _isolated(patch, home)
-        majority = _run(common)
-        stored_after_majority = (home / "store" / "fraud").exists()
-        balanced = _run([
-            *common, "--hyperparameters", '{"class_weight": "balanced"}', "--gate-metric",
-            "balanced_accuracy", "--min-score", "0.7",
-        ])
+    majority, _ = _run_in(home, common)
+    stored_after_majority = (home / "store" / "fraud").exists()
+    balanced, _ = _run_in(home, [
+        *common, "--hyperparameters", '{"class_weight": "balanced"}', "--gate-metric",
+        "balanced_accuracy", "--min-score", "0.7",
+    ])
     return {"home": home, "majority": majority, "balanced": balanced,
             "stored_after_majority": stored_after_majority}
 
