@@ -32,6 +32,39 @@ from sklearn.svm import SVC
 
 from mlops.estimators import FIXED_PARAMETERS, effective_hyperparameters
 
+# The table's schema is the validation's (no scikit-learn needed); named here too, as the model's.
+from mlops.validation import (
+    CATEGORICAL,
+    DATAFRAME,
+    NUMERIC,
+    TENSOR,
+    feature_types,
+    input_kind,
+    normalize_labels,
+    types_of,
+)
+
+__all__ = [
+    "CATEGORICAL",
+    "DATAFRAME",
+    "ESTIMATORS",
+    "NUMERIC",
+    "TENSOR",
+    "accepts_missing",
+    "add_label_noise",
+    "build_classifier",
+    "feature_types",
+    "fit_classifier",
+    "input_kind",
+    "json_classes",
+    "label_datatype",
+    "model_input",
+    "normalize_labels",
+    "preprocessor",
+    "split_holdout",
+    "types_of",
+]
+
 ESTIMATORS: dict[str, type[ClassifierMixin]] = {
     "logistic_regression": LogisticRegression,
     "random_forest": RandomForestClassifier,
@@ -39,41 +72,8 @@ ESTIMATORS: dict[str, type[ClassifierMixin]] = {
     "svc": SVC,
     "hist_gradient_boosting": HistGradientBoostingClassifier,
 }
-NUMERIC, CATEGORICAL = "numeric", "categorical"
-TENSOR, DATAFRAME = "tensor", "dataframe"
 # What a missing text value becomes before one-hot encoding: a category of its own.
 MISSING_CATEGORY = "missing"
-
-
-def feature_types(frame: pd.DataFrame, label_column: str) -> dict[str, str]:
-    """``{column: "numeric" | "categorical"}`` for every feature, in column order.
-
-    Numbers (not booleans) are numeric; text and booleans are categories.
-    """
-    return {
-        str(column): NUMERIC
-        if pd.api.types.is_numeric_dtype(frame[column])
-        and not pd.api.types.is_bool_dtype(frame[column])
-        else CATEGORICAL
-        for column in frame.columns
-        if column != label_column
-    }
-
-
-def types_of(metadata: dict[str, Any]) -> dict[str, str]:
-    """A model's ``feature_types`` in ``feature_names`` order, from its metadata.
-
-    The order is the column order of the model's input, and only ``feature_names`` keeps it: a
-    JSON object (a KFP artifact's metadata, a protobuf Struct) may come back with sorted keys.
-    Without ``feature_types`` (a version older than them) every feature is numeric.
-    """
-    types = metadata.get("feature_types") or {}
-    return {str(name): types.get(name, NUMERIC) for name in metadata.get("feature_names") or []}
-
-
-def input_kind(types: dict[str, str]) -> str:
-    """``"tensor"`` when every feature is numeric, else ``"dataframe"``."""
-    return DATAFRAME if CATEGORICAL in types.values() else TENSOR
 
 
 def model_input(frame: pd.DataFrame, types: dict[str, str]) -> np.ndarray | pd.DataFrame:
@@ -94,15 +94,6 @@ def model_input(frame: pd.DataFrame, types: dict[str, str]) -> np.ndarray | pd.D
             text = values.astype(object).where(values.notna(), np.nan)
             columns[name] = text.map(lambda v: np.nan if pd.isna(v) else str(v)).astype(object)
     return pd.DataFrame(columns, index=frame.index)[names]
-
-
-def normalize_labels(labels: pd.Series) -> pd.Series:
-    """Whole-number float labels (a CSV column with a gap reads as floats) become integers."""
-    if pd.api.types.is_float_dtype(labels) and labels.notna().all():
-        values = labels.to_numpy()
-        if np.all(np.mod(values, 1) == 0):
-            return labels.astype(np.int64)
-    return labels
 
 
 def split_holdout(

@@ -1,4 +1,7 @@
-"""Check the table before training, and record what the training data looks like."""
+"""Check the table before training, and record what the training data looks like.
+
+Also the table's schema as the model sees it: which features are numeric and which text.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,50 @@ import pandas as pd
 
 # Ten quantile bins per feature: enough for a stable PSI on a few hundred served rows.
 REFERENCE_BINS = 10
+# A feature's kind, and the model input the kinds make (``feature_types``, ``input_kind`` of a
+# version's metadata); here, not in ``mlops.training``, because they need no scikit-learn.
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+TENSOR, DATAFRAME = "tensor", "dataframe"
+
+
+def feature_types(frame: pd.DataFrame, label_column: str) -> dict[str, str]:
+    """``{column: "numeric" | "categorical"}`` for every feature, in column order.
+
+    Numbers (not booleans) are numeric; text and booleans are categories.
+    """
+    return {
+        str(column): NUMERIC
+        if pd.api.types.is_numeric_dtype(frame[column])
+        and not pd.api.types.is_bool_dtype(frame[column])
+        else CATEGORICAL
+        for column in frame.columns
+        if column != label_column
+    }
+
+
+def types_of(metadata: dict[str, Any]) -> dict[str, str]:
+    """A model's ``feature_types`` in ``feature_names`` order, from its metadata.
+
+    The order is the column order of the model's input, and only ``feature_names`` keeps it: a
+    JSON object (a KFP artifact's metadata, a protobuf Struct) may come back with sorted keys.
+    Without ``feature_types`` (a version older than them) every feature is numeric.
+    """
+    types = metadata.get("feature_types") or {}
+    return {str(name): types.get(name, NUMERIC) for name in metadata.get("feature_names") or []}
+
+
+def input_kind(types: dict[str, str]) -> str:
+    """``"tensor"`` when every feature is numeric, else ``"dataframe"``."""
+    return DATAFRAME if CATEGORICAL in types.values() else TENSOR
+
+
+def normalize_labels(labels: pd.Series) -> pd.Series:
+    """Whole-number float labels (a CSV column with a gap reads as floats) become integers."""
+    if pd.api.types.is_float_dtype(labels) and labels.notna().all():
+        values = labels.to_numpy()
+        if np.all(np.mod(values, 1) == 0):
+            return labels.astype(np.int64)
+    return labels
 
 
 class DataValidationError(ValueError):
@@ -104,8 +151,8 @@ def _feature_problems(values: pd.Series, column: str) -> list[str]:
         infinite = int(np.isinf(values.to_numpy(dtype=float)).sum())
         if infinite:
             return [
-                f"column {column!r} has infinite values ({infinite} rows): replace them with "
-                "numbers or leave those cells empty (missing values are imputed)"
+                f"column {column!r} has infinite values ({_plural(infinite, 'row')}): replace "
+                "them with numbers or leave those cells empty (missing values are imputed)"
             ]
         return []
     present = values.dropna().astype(str)
@@ -113,8 +160,7 @@ def _feature_problems(values: pd.Series, column: str) -> list[str]:
     words = present[numbers.isna()]
     if len(present) and not words.empty and len(words) <= 0.1 * len(present):
         return [
-            f"column {column!r} is numbers except {len(words)} "
-            f"value{'s' if len(words) > 1 else ''} (e.g. "
+            f"column {column!r} is numbers except {_plural(len(words), 'value')} (e.g. "
             f"{words.iloc[0][:20]!r} in row {_row_number(words.index[0], values)}): correct "
             "those cells or leave them empty (missing values are imputed)"
         ]
@@ -128,6 +174,10 @@ def _feature_problems(values: pd.Series, column: str) -> list[str]:
     return []
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _row_number(index: Any, values: pd.Series) -> int:
     """The 1-based data row (after the header) of ``index`` in the table."""
     return int(values.index.get_loc(index)) + 1
@@ -138,10 +188,10 @@ def _label_problems(labels: pd.Series, label_column: str) -> list[str]:
     missing = int(labels.isna().sum())
     if missing:
         problems.append(
-            f"label column {label_column!r} has {missing} missing values: drop those rows or "
-            "fill in their class"
+            f"label column {label_column!r} has {_plural(missing, 'missing value')}: drop those "
+            "rows or fill in their class"
         )
-    present = labels.dropna()
+    present = normalize_labels(labels.dropna())
     if pd.api.types.is_float_dtype(present) and not np.all(np.mod(present.to_numpy(), 1) == 0):
         return [
             *problems,
@@ -239,8 +289,6 @@ def reference_statistics(frame: pd.DataFrame, label_column: str) -> dict[str, An
         first without missing values, if any) with every feature (text as str, missing as
         null), real rows the web form offers as "fill with an example".
     """
-    from mlops.training import NUMERIC, feature_types, normalize_labels
-
     types = feature_types(frame, label_column)
     stats: dict[str, Any] = {}
     categorical: dict[str, Any] = {}

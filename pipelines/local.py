@@ -74,6 +74,7 @@ class _Tee(io.TextIOBase):
 
     def __init__(self, log: TextIO, terminal: TextIO, verbose: bool) -> None:
         self.log, self.terminal, self.verbose, self.error_line = log, terminal, verbose, ""
+        self._listing = False  # whether the lines now are the "- ..." list of the error line
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -85,6 +86,12 @@ class _Tee(io.TextIOBase):
             match = _ERROR_LINE.match(line.strip())
             if match:
                 self.error_line = f"{match.group(1)}: {match.group(2)}"
+                self._listing = True
+            elif self._listing and line.strip().startswith("- "):
+                # An error that lists several problems (a table's validation) keeps its list.
+                self.error_line += "\n" + line.strip()
+            elif line.strip():  # print() writes the line's end apart: no end of the list
+                self._listing = False
         return len(text)
 
 

@@ -132,6 +132,25 @@ def test_a_failing_step_reports_its_own_error_line(tmp_path: Path, mlops_home: P
     assert not (mlops_home / "store").exists()
 
 
+def test_a_table_with_several_problems_reports_them_all_in_one_error(
+    tmp_path: Path, mlops_home: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,target\n1,inf,0\n2,3,\n4,5,1\n")
+    with pytest.raises(PipelineRunError) as caught:
+        run_locally({"source": str(bad)}, mlops_home)
+    assert str(caught.value).splitlines() == [
+        "DataValidationError: the table has 4 problems:",
+        "- column 'b' has infinite values (1 row): replace them with numbers or leave those "
+        "cells empty (missing values are imputed)",
+        "- label column 'target' has 1 missing value: drop those rows or fill in their class",
+        "- label column 'target': class '0' (and 1 more) has 1 row; every class needs at least "
+        "2 (the holdout split keeps each class on both sides): add rows of it or drop them",
+        "- the table has 3 rows; min_rows is 100: add rows or lower --min-rows",
+    ]
+    assert not (mlops_home / "store").exists()
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--source", "missing.csv"], "error: source 'missing.csv' does not exist"),
     (["--source", "data.txt"], "error: source 'data.txt' must end in .csv or .parquet, got '.txt'"),

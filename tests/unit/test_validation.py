@@ -61,7 +61,7 @@ def test_every_problem_of_a_table_is_reported_at_once_each_with_what_to_do(
     lines = str(caught.value).splitlines()
     assert lines[0] == "the table has 6 problems:"
     assert lines[1:] == [
-        "- column 'mean area' has infinite values (1 rows): replace them with numbers or leave "
+        "- column 'mean area' has infinite values (1 row): replace them with numbers or leave "
         "those cells empty (missing values are imputed)",
         "- column 'empty' has no values (every row is missing): drop the column",
         "- column 'dose' is numbers except 1 value (e.g. 'high' in row 50): correct those cells "
