@@ -49,14 +49,17 @@ def model_schema(
 
 def _learnt_categories(model: Any) -> dict[str, list[str]]:
     """The sorted categories the one-hot encoder learnt, per text feature (none: ``{}``)."""
+    from mlops.training import MISSING_CATEGORY
+
     columns = dict(getattr(model, "steps", [])).get("columns")
     if columns is None or "categorical" not in columns.named_transformers_:
         return {}
     text = columns.named_transformers_["categorical"]
     encoder = text.named_steps["encode"]
     names = columns.transformers_[[t[0] for t in columns.transformers_].index("categorical")][2]
+    # The imputer's fill for a missing value is no category a client sends: it sends null.
     return {
-        str(name): sorted(str(c) for c in categories if str(c))
+        str(name): sorted(str(c) for c in categories if str(c) and str(c) != MISSING_CATEGORY)
         for name, categories in zip(names, encoder.categories_, strict=True)
     }
 

@@ -22,7 +22,7 @@ def test_a_mixed_table_model_is_a_dataframe_model_with_its_categories(tmp_path: 
     schema = model_schema(model, types)
     assert schema == {
         "feature_types": {"colour": "categorical", "size": "numeric"},
-        "feature_categories": {"colour": ["blue", "missing", "red"]},
+        "feature_categories": {"colour": ["blue", "red"]},  # a missing one is sent as null
         "input_kind": "dataframe",
         "classes": ["a", "b", "c"],
         "class_names": ["a", "b", "c"],
