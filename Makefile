@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed
 KSERVE_VERSION ?= v0.20.0
 STORAGE_VENV := $(VENV)/kserve-storage-$(KSERVE_VERSION)
 STORAGE_STAMP := $(STORAGE_VENV)/.installed
+# KServe's sklearn runtime as the cluster runs it (tests/integration/kserve_runtime): the `kserve`
+# package of the same release with the scikit-learn kserve-sklearnserver pins (kserve@v0.20.0
+# python/sklearnserver/pyproject.toml: scikit-learn~=1.5.1, joblib>=1.4,<2, pandas>=2.2,<3).
+RUNTIME_VENV := $(VENV)/kserve-runtime-$(KSERVE_VERSION)
+RUNTIME_STAMP := $(RUNTIME_VENV)/.installed
+RUNTIME_SKLEARN ?= 1.5.2
 
 # The web form's browser test (tests/integration/test_web_form_browser.py) drives a headless
 # Chromium: Debian's `chromium`, else a Chrome already on PATH (GitHub's runners have one).
@@ -38,6 +44,14 @@ $(STORAGE_STAMP):
 	@$(STORAGE_VENV)/bin/python -m pip install -q "kserve-storage==$(KSERVE_VERSION:v%=%)"
 	@touch $(STORAGE_STAMP)
 
+$(RUNTIME_STAMP):
+	@echo "==> installing kserve $(KSERVE_VERSION:v%=%) + scikit-learn $(RUNTIME_SKLEARN) (KServe's sklearn runtime) into $(RUNTIME_VENV)"
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	@$(RUNTIME_VENV)/bin/python -m pip install -q "kserve==$(KSERVE_VERSION:v%=%)" \
+		"kserve-storage==$(KSERVE_VERSION:v%=%)" "scikit-learn==$(RUNTIME_SKLEARN)" \
+		"joblib>=1.4,<2" "pandas>=2.2,<3"
+	@touch $(RUNTIME_STAMP)
+
 # Installs chromium with apt-get when it is missing and we are root; otherwise says the command.
 $(BROWSER_STAMP): | $(STAMP)
 	@if [ ! -x "$(CHROMIUM)" ]; then \
@@ -55,13 +69,16 @@ $(BROWSER_STAMP): | $(STAMP)
 browser: $(BROWSER_STAMP) ## install chromium for the web form's browser test (apt-get, as root)
 
 # -m "not e2e": `make test` never talks to a cluster, even when the kube-context reaches one.
-test: $(STAMP) $(STORAGE_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the two cluster replays (no e2e)
-	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
+test: $(STAMP) $(STORAGE_STAMP) $(RUNTIME_STAMP) $(BROWSER_STAMP) ## unit, local integration, browser, offline cluster checks and the cluster replays (no e2e)
+	MLOPS_KSERVE_STORAGE_PYTHON=$(abspath $(STORAGE_VENV))/bin/python MLOPS_KSERVE_RUNTIME_PYTHON=$(abspath $(RUNTIME_VENV))/bin/python MLOPS_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -m "not e2e" $(ARGS)
 
-lint: $(STAMP) ## ruff and mypy
+# zizmor: GitHub Actions' static analyser (unpinned actions, persisted credentials, template
+# injection...), --offline: no GitHub API calls, so it runs the same on a laptop.
+lint: $(STAMP) ## ruff, mypy and zizmor (the workflows)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check mlops components pipelines serving
 	$(BIN)/mypy
+	$(BIN)/zizmor --offline .github/workflows
 
 compile: $(STAMP) ## rewrite pipelines/compiled/training_pipeline.yaml
 	$(BIN)/mlops compile
@@ -133,10 +150,14 @@ kind-up: ## create the kind cluster; install KServe (Knative mode), KFP, then ma
 	$(KUBECTL) wait --for=condition=Complete job/create-buckets -n $(MODEL_NAMESPACE) --timeout=300s
 	@echo "==> [5/5] ready: KFP UI: kubectl port-forward -n kubeflow svc/ml-pipeline-ui $(KFP_PORT):80; then 'make image submit'"
 
+# The Deployments of manifests/ that run the project image: their pods keep the image they
+# started with (same tag, imagePullPolicy IfNotPresent), so `make image` restarts them.
+IMAGE_DEPLOYMENTS := mlops-payload-sink web-form
+
 # --provenance=false: no attestation manifest, so the image is one platform's manifest, which
 # `kind load docker-image` handles under Docker's containerd image store (kubernetes-sigs/kind
 # #3795, #4066). If the load still fails, `docker save` + `kind load image-archive` does it.
-image: ## build the project image (Dockerfile) and load it into the kind cluster
+image: ## build the project image, load it into kind, restart the sink and web form on it
 	@echo "==> building $(IMAGE) from Dockerfile"
 	$(DOCKER) build --provenance=false -t $(IMAGE) .
 	@echo "==> loading $(IMAGE) into kind cluster '$(CLUSTER)'"
@@ -147,6 +168,16 @@ image: ## build the project image (Dockerfile) and load it into the kind cluster
 			$(DOCKER) save -o "$$tmp/image.tar" $(IMAGE); \
 			$(KIND) load image-archive "$$tmp/image.tar" --name $(CLUSTER); \
 		fi
+	@echo "==> restarting what runs $(IMAGE) in $(MODEL_NAMESPACE) (the payload sink, the web form) and waiting"
+	@set -euo pipefail; \
+		for deployment in $(IMAGE_DEPLOYMENTS); do \
+			if ! $(KUBECTL) get deployment "$$deployment" -n $(MODEL_NAMESPACE) -o name >/dev/null 2>&1; then \
+				echo "    no deployment/$$deployment in $(MODEL_NAMESPACE) yet: make kind-up applies it"; \
+				continue; \
+			fi; \
+			$(KUBECTL) rollout restart "deployment/$$deployment" -n $(MODEL_NAMESPACE); \
+			$(KUBECTL) rollout status "deployment/$$deployment" -n $(MODEL_NAMESPACE) --timeout=300s; \
+		done
 
 submit: $(STAMP) ## compile the pipeline, run it on KFP (port-forward to ml-pipeline-ui) and wait
 	@echo "==> compiling the pipeline to pipelines/compiled/training_pipeline.yaml"

@@ -21,13 +21,17 @@ def check_parameters(
     namespace: str,
     service_account: str,
     deploy_target: str,
+    rollout_steps: str,
+    rollout_interval_s: float,
+    rollout_min_requests: int,
 ) -> None:
     """Fail the run with one line naming the first invalid parameter.
 
     A run started from the KFP UI never passes through ``mlops run``'s check: this step is the
     first of the graph so that nothing (store, MLflow, InferenceService) is written before it.
     Its own pod, rather than a part of ``load_data``, so that the check needs no data access
-    and its failure reads as what it is in the UI.
+    and its failure reads as what it is in the UI. The rollout step's parameters are checked
+    here too: that step runs after the deploy, too late to refuse a bad value.
 
     Args:
         model_name: The InferenceService, store and registered model name.
@@ -44,6 +48,9 @@ def check_parameters(
         namespace: A DNS label.
         service_account: A DNS subdomain, or empty.
         deploy_target: ``local`` or ``kubernetes``.
+        rollout_steps: Empty, or increasing shares within 1..100 (``kubernetes`` only).
+        rollout_interval_s: More than 0.
+        rollout_min_requests: At least 1.
     """
     from mlops.parameters import check_parameters as check
 
@@ -63,5 +70,8 @@ def check_parameters(
             "namespace": namespace,
             "service_account": service_account,
             "deploy_target": deploy_target,
+            "rollout_steps": rollout_steps,
+            "rollout_interval_s": rollout_interval_s,
+            "rollout_min_requests": rollout_min_requests,
         }
     )

@@ -21,7 +21,7 @@ def rollout(
     tracking_uri: str,
     report: Output[HTML],
 ) -> str:
-    """Step the canary up to 100% and promote it, or roll it back; return the outcome.
+    """Step the canary up and promote it (the last step, 100, is the promote), or roll it back.
 
     Args:
         model_name: The InferenceService and registered model name.
@@ -34,7 +34,8 @@ def rollout(
         report: The HTML report: every signal per step, the decision and the reason.
 
     Returns:
-        ``promoted`` or ``rolled-back`` (a rollback is a decision, not a failed step).
+        ``promoted``, ``rolled-back`` (a rollback is a decision, not a failed step) or
+        ``stopped`` (someone's promote or rollback meanwhile; their traffic stays).
     """
     from serving.kubernetes_signals import run_cluster_rollout
 

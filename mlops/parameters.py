@@ -159,6 +159,50 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
     for name in ("source", "label_column", "store_uri", "tracking_uri"):
         if name in p and (not isinstance(p[name], str) or not p[name].strip()):
             raise _fail(name, p[name], "a non-empty string")
+    check_rollout_parameters(p)
+
+
+# --- The pipeline's rollout step (rollout_steps, rollout_interval_s, rollout_min_requests) ---
+
+
+def check_rollout_parameters(parameters: Mapping[str, Any]) -> None:
+    """The rollout step's parameters, checked by the rules the step itself applies.
+
+    Called before anything is deployed (the step runs after the deploy, and a bad value found
+    there would leave a canary that nothing rolls out). Empty ``rollout_steps`` means no
+    automated rollout: the interval and request count are then not used, but still checked.
+
+    Raises:
+        ParameterError: On the first invalid parameter.
+    """
+    from serving.canary_analysis import Thresholds
+    from serving.rollout import RolloutPlan, parse_steps
+
+    p = parameters
+    steps = p.get("rollout_steps", "")
+    if not isinstance(steps, str):
+        raise _fail("rollout_steps", steps, "canary shares in percent as text, e.g. '10,50,100'")
+    interval = _number("rollout_interval_s", p.get("rollout_interval_s", 60.0))
+    if not interval > 0:
+        raise _fail("rollout_interval_s", interval, "seconds, more than 0")
+    min_requests = _integer("rollout_min_requests", p.get("rollout_min_requests", 50))
+    if min_requests < 1:
+        raise _fail("rollout_min_requests", min_requests, "an integer >= 1")
+    if not steps.strip():
+        return
+    try:
+        RolloutPlan(parse_steps(steps), interval, Thresholds(min_requests=min_requests))
+    except ValueError as err:
+        raise _fail(
+            "rollout_steps", steps, f"increasing shares within 1..100, e.g. '10,50,100' ({err})"
+        ) from err
+    if p.get("deploy_target", "kubernetes") != "kubernetes":
+        raise _fail(
+            "rollout_steps",
+            steps,
+            "empty with deploy_target local (the step runs in the cluster; locally use "
+            "`mlops run --rollout auto`)",
+        )
 
 
 def _is_dns_label(value: Any) -> bool:

@@ -17,6 +17,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 _STORE_VERSION_TAG = "store_version"
 _STORAGE_URI_TAG = "storage_uri"
+# On a version a run published but never deployed (``register_version_once``): never an alias.
+ABANDONED_TAG = "abandoned"
 
 
 def _is_missing(err: Exception) -> bool:
@@ -212,8 +214,9 @@ def register_version(
         client.create_registered_model(model_name)
     version = client.create_model_version(
         model_name,
-        source=f"runs:/{run_id}/model",
-        run_id=run_id,
+        # No run: a version whose metadata names none (an abandoned one, see below).
+        source=f"runs:/{run_id}/model" if run_id else storage_uri,
+        run_id=run_id or None,
         tags={
             **(tags or {}),
             _STORE_VERSION_TAG: str(store_version),
@@ -226,9 +229,62 @@ def register_version(
 def register_version_once(
     tracking_uri: str, model_name: str, run_id: str, store_version: int, storage_uri: str
 ) -> None:
-    """``register_version``, unless ``run_id`` already registered a version (a step run again)."""
-    if version_of_run(tracking_uri, model_name, run_id) is None:
-        register_version(tracking_uri, model_name, run_id, store_version, storage_uri)
+    """``register_version``, unless ``run_id`` already registered a version (a step run again).
+
+    A store version newer than every registered one but older than ``store_version`` was
+    published by a run that died before its deploy step registered it (``mlops run`` stopped
+    after ``upload_model``): it is registered first, tagged ``abandoned`` and never given an
+    alias, so that MLflow's version numbers go on following the store's. When that run's own
+    deploy step comes after all (a retried step), it adopts its version: the tag is removed.
+    """
+    client = _client(tracking_uri)
+    found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    if found:
+        if ABANDONED_TAG in found[0].tags:
+            client.delete_model_version_tag(model_name, found[0].version, ABANDONED_TAG)
+        return
+    for orphan, orphan_run, orphan_uri in _unregistered_versions(
+        client, model_name, store_version, storage_uri
+    ):
+        register_version(
+            tracking_uri,
+            model_name,
+            orphan_run,
+            orphan,
+            orphan_uri,
+            tags={ABANDONED_TAG: f"published by run {orphan_run}, which was never deployed"},
+        )
+    register_version(tracking_uri, model_name, run_id, store_version, storage_uri)
+
+
+def _unregistered_versions(
+    client: Any, model_name: str, store_version: int, storage_uri: str
+) -> list[tuple[int, str, str]]:
+    """``(store version, its MLflow run, its URI)`` of the versions no deploy step registered.
+
+    Only those between the newest registered version and ``store_version``, oldest first: what
+    runs that died since the last registration left complete in the store.
+    """
+    from mlops.store import StoreError, open_store, split_version_uri
+
+    registered = [
+        int(v.tags[_STORE_VERSION_TAG])
+        for v in client.search_model_versions(f"name='{model_name}'")
+        if str(v.tags.get(_STORE_VERSION_TAG, "")).isdigit()
+    ]
+    newest = max(registered, default=0)
+    store_uri, _, _ = split_version_uri(storage_uri)
+    store = open_store(store_uri)
+    orphans = []
+    for version in store.versions(model_name):
+        if not newest < version < store_version:
+            continue
+        try:
+            run = str(store.read_metadata(model_name, version).get("mlflow_run_id") or "")
+        except StoreError:
+            run = ""
+        orphans.append((version, run, store.version_uri(model_name, version)))
+    return orphans
 
 
 def version_of_alias(tracking_uri: str, model_name: str, alias: str) -> tuple[int, str] | None:
@@ -333,3 +389,32 @@ def run_tags(tracking_uri: str, run_id: str) -> dict[str, str] | None:
             return None
         raise
     return dict(run.data.tags)
+
+
+# The tag a rollout (or a human's promote / rollback) leaves on the version it decided about.
+OUTCOME_TAG = "rollout.outcome"
+ROLLED_BACK = "rolled-back"
+
+
+def version_tags(tracking_uri: str, model_name: str, store_version: int | str) -> dict[str, str]:
+    """The tags of the registered version of ``store_version`` (empty when unregistered)."""
+    found = _client(tracking_uri).search_model_versions(
+        f"name='{model_name}' and tag.{_STORE_VERSION_TAG}='{store_version}'"
+    )
+    return dict(found[0].tags) if found else {}
+
+
+def registry_problem(tracking_uri: str, model_name: str) -> str | None:
+    """Why the registry cannot carry ``model_name``'s aliases, or ``None`` when it can.
+
+    A local SQLite database that does not exist is reported without being opened (opening
+    would create an empty one); an existing registry without a version of the model is too.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.exists():
+            return f"the MLflow registry {database} does not exist"
+    found = _client(tracking_uri).search_model_versions(f"name='{model_name}'", max_results=1)
+    if not found:
+        return f"the MLflow registry {tracking_uri} has no registered version of {model_name!r}"
+    return None

@@ -7,20 +7,29 @@ environments keep their own numbering and nothing is ever overwritten. In order:
 1. checks, before anything is written: the two environments differ; the source version's
    signature verifies under the source's key and its file matches its sha256; it passed the
    source's gate (its MLflow run decided ``deploy``, and the source registry holds this very
-   version from that run); it was not released before; the destination's MLflow and serving
-   state can be read;
-2. logs a release run in the destination's MLflow (the model, its metrics and the lineage),
+   version from that run); the source's rollout promoted it (MLflow tag ``rollout.outcome``),
+   or it serves all of the source's traffic, and it was never rolled back; it was not released
+   before; the destination's MLflow and serving state can be read;
+2. claims the release in the destination's store: a write-once marker named by the model
+   file's sha256, created with the store's conditional create (as a version number is), so
+   of two concurrent releases of one version exactly one goes on;
+3. logs a release run in the destination's MLflow (the model, its metrics and the lineage),
    publishes the copy there, signed with the destination's key, and reads it back (signature
    and sha256 again, on the destination's side);
-3. registers it in the destination's registry with lineage tags and deploys it through
-   ``serving.deploy``: as a canary when a version already serves there, as KServe does.
+4. registers it in the destination's registry with lineage tags and deploys it through
+   ``serving.deploy`` (with the payload logger in a cluster, as ``mlops deploy`` does): as a
+   canary when a version already serves there, as KServe does.
 
 A version is released once: a second release of the same source version (or of the same model
-file) is refused, naming the destination version that holds it.
+file) is refused, naming the destination version that holds it or the claim of the release
+that is still under way.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +41,10 @@ from mlops.environments import Environment
 from mlops.store import StoreError, fetch_checked
 
 LINEAGE_FIELD = "lineage"
+# The MLflow model-version tag a rollout sets (``serving.rollout.tag_version``) and its values.
+OUTCOME_TAG = registry.OUTCOME_TAG
+PROMOTED = "promoted"
+ROLLED_BACK = registry.ROLLED_BACK
 
 
 class ReleaseRefused(ValueError):
@@ -82,7 +95,7 @@ def release_version(
         RuntimeError: When the deploy fails (the destination's serving revision is unchanged).
     """
     from serving.deploy import deploy_inference_service, deployed_versions, sync_aliases
-    from serving.inference_service import PredictorSettings
+    from serving.inference_service import PredictorSettings, payload_sink_url
 
     _check_pair(source, destination)
     source_store, destination_store = source.open_store(), destination.open_store()
@@ -98,6 +111,7 @@ def release_version(
         )
         sha256 = str(metadata["sha256"])
         gate = gate_record(source, model_name, version, metadata)
+        rollout = rollout_evidence(source, model_name, version)
         # Read what the destination serves and its registry now: a broken state or an
         # unreachable MLflow stops the release here, before its store is written.
         serving_now = deployed_versions(
@@ -116,6 +130,8 @@ def release_version(
         )
         registry.version_of_alias(destination.tracking_uri, model_name, registry.CHAMPION)
         destination_key = destination.signing_key(create=True)
+        # The last step before anything is written: of concurrent releases, one goes on.
+        _claim_release(destination_store, model_name, source_store.uri, version, sha256)
 
         lineage = {
             "source_environment": source.name,
@@ -124,6 +140,7 @@ def release_version(
             "source_storage_uri": source_store.version_uri(model_name, version),
             "source_mlflow_run_id": gate["run_id"],
             "source_gate_reason": gate["reason"],
+            "source_rollout": rollout,
             "sha256": sha256,
             "released_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
@@ -168,6 +185,10 @@ def release_version(
         model_version=new_version,
         canary_traffic_percent=destination.canary_percent,
         service_account=destination.predictor_service_account,
+        # A prod rollout judges the payload logger's events, as the pipeline's deploy does.
+        payload_logger_url=(
+            payload_sink_url(destination.namespace) if destination.target == "kubernetes" else None
+        ),
     )
     try:
         applied = deploy_inference_service(settings, destination.target, destination.state_dir)
@@ -240,6 +261,12 @@ def gate_record(
             f"is not in {source.name}'s MLflow ({source.tracking_uri})"
         )
     reason = tags.get("reason", "")
+    if "deploy" not in tags:
+        raise ReleaseRefused(
+            f"{where} never passed {source.name}'s gate: its run {run_id} records no gate "
+            "decision (no `deploy` tag; the pipeline's evaluate step sets it); release a "
+            "version that `mlops run` published"
+        )
     if tags.get("deploy") != "True":
         raise ReleaseRefused(
             f"{where} never passed {source.name}'s gate: its run {run_id} decided not to "
@@ -288,3 +315,82 @@ def _refuse_second_release(
                 f"already released as version {existing} ({where}): a version is released "
                 f"once; {way_out}"
             )
+
+
+def rollout_evidence(source: Environment, model_name: str, version: int) -> str:
+    """Why ``source``'s serving lets ``version`` go on: its rollout promoted it, or it serves all.
+
+    The rollout's verdict is the MLflow tag ``rollout.outcome`` on the version
+    (``serving.rollout.tag_version``). Without one (a first deploy takes all traffic without a
+    rollout), the source's aliases, which follow its serving traffic
+    (``serving.deploy.sync_aliases``), must say it serves everything: ``champion`` names it and
+    no ``challenger`` (canary) runs. Both come from the source's MLflow, which the release
+    reads anyway: no read of the source's cluster, whose RBAC the release does not hold.
+
+    Raises:
+        ReleaseRefused: When a rollout rolled it back, or it neither was promoted nor serves
+            all of the source's traffic.
+    """
+    where = f"{source.name} version {version} of {model_name!r}"
+    tags = registry.version_tags(source.tracking_uri, model_name, version)
+    outcome = tags.get(OUTCOME_TAG)
+    if outcome == PROMOTED:
+        return f"promoted by {source.name}'s rollout"
+    if outcome == ROLLED_BACK:
+        reason = tags.get("rollout.reason") or "no reason recorded"
+        raise ReleaseRefused(
+            f"{where} was rolled back by {source.name}'s rollout ({reason}): a release ships "
+            f"only a version {source.name} promoted or serves whole; release the version "
+            f"{source.name}'s champion serves, or roll out a new one there"
+        )
+    champion = registry.version_of_alias(source.tracking_uri, model_name, registry.CHAMPION)
+    canary = registry.version_of_alias(source.tracking_uri, model_name, registry.CHALLENGER)
+    if champion is not None and champion[0] == version and canary is None:
+        return f"serves 100 % in {source.name}"
+    serving = (
+        "nothing serves there"
+        if champion is None
+        else f"it serves version {champion[0]}"
+        + (f" with version {canary[0]} as canary" if canary else "")
+    )
+    raise ReleaseRefused(
+        f"{where} was neither promoted by a rollout in {source.name} nor serves all of its "
+        f"traffic ({serving}): roll it out there (`mlops rollout`) and release it once it is "
+        "promoted"
+    )
+
+
+def _claim_release(
+    store: Any, model_name: str, source_store: str, version: int, sha256: str
+) -> None:
+    """Claim the release of the model file ``sha256`` in the destination's store, once.
+
+    Raises:
+        ReleaseRefused: When another release holds the claim (running, or died before it
+            published a version: the message names the marker to remove then).
+    """
+    name = f"release-{sha256}"
+    claim = {
+        "source_store": source_store,
+        "source_version": version,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "claimed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if store.create_marker(model_name, name, json.dumps(claim, sort_keys=True).encode()):
+        return
+    try:
+        held = json.loads(store.read_marker(model_name, name) or b"{}")
+    except ValueError:
+        held = {}
+    holder = (
+        f"claimed at {held.get('claimed_at')} by process {held.get('pid')} on {held.get('host')}"
+        if isinstance(held, dict) and held.get("claimed_at")
+        else "claimed"
+    )
+    raise ReleaseRefused(
+        f"version {version} of {model_name!r} in {source_store} (sha256 {sha256[:12]}) is "
+        f"being released by another `mlops release` ({holder}): a version is released once; "
+        f"if that release died before it published a version, remove "
+        f"{store.marker_uri(model_name, name)} and release again"
+    )

@@ -17,9 +17,11 @@ from mlops import signing
 from mlops.settings import S3Settings
 from mlops.store import (
     CLAIMS_DIR,
+    MARKERS_DIR,
     METADATA_FILE,
     MODEL_FILE,
     StoreError,
+    check_marker_name,
     checked_signing_key,
     claim_next_version,
     metadata_bytes,
@@ -214,6 +216,28 @@ class S3Store:
 
     def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
         return f"{self.uri}/{model_name}/{version}/"
+
+    def _marker_key(self, model_name: str, name: str) -> str:
+        return f"{self.prefix}{model_name}/{MARKERS_DIR}/{check_marker_name(name)}"
+
+    def create_marker(self, model_name: str, name: str, body: bytes) -> bool:  # noqa: D102
+        key = self._marker_key(model_name, name)
+        try:
+            return self._create(key, body, "application/json")
+        except Exception as err:  # S3Error, or urllib3's errors for a dead endpoint
+            raise StoreError(f"could not write s3://{self.bucket}/{key}: {err}") from err
+
+    def read_marker(self, model_name: str, name: str) -> bytes | None:  # noqa: D102
+        key = self._marker_key(model_name, name)
+        if not self.object_exists(key):
+            return None
+        try:
+            return self._object_bytes(key)
+        except Exception as err:  # S3Error, or urllib3's errors for a dead endpoint
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {err}") from err
+
+    def marker_uri(self, model_name: str, name: str) -> str:  # noqa: D102
+        return f"s3://{self.bucket}/{self._marker_key(model_name, name)}"
 
     def download_object(self, key: str, dest: Path) -> Path:
         """Download one object of the bucket (a dataset, say) to ``dest``.

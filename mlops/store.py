@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -32,6 +33,10 @@ MAX_CLAIM_ATTEMPTS = 64
 # S3 claims live under <model>/.claims/<version>; a model name (a Kubernetes name) has no dot
 # in front, so it never collides.
 CLAIMS_DIR = ".claims"
+# Write-once markers beside the versions (a release's claim of its source, ``mlops.release``):
+# <model>/.markers/<name>, never inside a version directory KServe downloads whole.
+MARKERS_DIR = ".markers"
+_MARKER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 
 
 class StoreError(RuntimeError):
@@ -79,6 +84,21 @@ class ModelStore(Protocol):
 
     def version_uri(self, model_name: str, version: int) -> str:
         """The URI of a version directory, as an InferenceService ``storageUri``."""
+        ...
+
+    def create_marker(self, model_name: str, name: str, body: bytes) -> bool:
+        """Create the marker ``name`` of a model once; ``False`` when it exists already.
+
+        The check and the write are one atomic step, as a version's claim is.
+        """
+        ...
+
+    def read_marker(self, model_name: str, name: str) -> bytes | None:
+        """The body of a marker, or ``None`` when there is none."""
+        ...
+
+    def marker_uri(self, model_name: str, name: str) -> str:
+        """Where a marker lives (for a message that names it)."""
         ...
 
 
@@ -194,6 +214,17 @@ def checked_signing_key(
         return signing.signing_key(create=True)
     except (signing.SignatureError, OSError) as err:
         raise StoreError(f"cannot sign the new version: {err}") from err
+
+
+def check_marker_name(name: str) -> str:
+    """A marker's name is a lower-case file name; return it.
+
+    Raises:
+        ValueError: When it is not.
+    """
+    if not _MARKER_NAME.match(name):
+        raise ValueError(f"marker name {name!r} is not [a-z0-9._-], at most 128 characters")
+    return name
 
 
 def fetch_version(storage_uri: str, dest: Path) -> tuple[Path, dict[str, Any]]:
@@ -350,3 +381,36 @@ class LocalStore:
     def version_uri(self, model_name: str, version: int) -> str:  # noqa: D102
         # file://: KServe's webhook accepts only storageUri schemes it knows, not a bare path.
         return f"file://{self.uri}/{model_name}/{version}/"
+
+    def _marker_path(self, model_name: str, name: str) -> Path:
+        return self._model_dir(model_name) / MARKERS_DIR / check_marker_name(name)
+
+    def create_marker(self, model_name: str, name: str, body: bytes) -> bool:  # noqa: D102
+        path = self._marker_path(model_name, name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Written whole under a staging name, then linked: a link never replaces a file,
+            # and no reader ever sees a half-written marker.
+            staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+            staged.write_bytes(body)
+            try:
+                os.link(staged, path)
+            except FileExistsError:
+                return False
+            finally:
+                staged.unlink()
+        except OSError as err:
+            raise StoreError(f"could not write {path}: {err}") from err
+        return True
+
+    def read_marker(self, model_name: str, name: str) -> bytes | None:  # noqa: D102
+        path = self._marker_path(model_name, name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreError(f"cannot read {path}: {err}") from err
+
+    def marker_uri(self, model_name: str, name: str) -> str:  # noqa: D102
+        return str(self._marker_path(model_name, name))

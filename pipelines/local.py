@@ -3,13 +3,19 @@
 The runner is KFP's ``SubprocessRunner`` without a venv: every step runs as a subprocess of
 this very interpreter, so the project installed here is the project the steps import, as the
 project image is in the cluster.
+
+A SIGINT or SIGTERM to ``mlops run`` is forwarded to the running step (and what it started),
+the run waits for it to end and starts no further step; a second signal kills the steps. Only
+the newest ``keep_runs`` runs' artifacts are kept under ``pipeline_root``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +27,12 @@ from typing import Any, TextIO
 
 from mlops import registry
 from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracking_uri
+from pipelines.step_processes import (
+    DEFAULT_KEEP_RUNS,
+    StepProcesses,
+    forwarding_signals,
+    prune_runs,
+)
 
 # The last "SomethingError: message" line a failed step printed is the cause worth showing.
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
@@ -30,6 +42,14 @@ _PROGRESS_LINE = re.compile(r" - INFO - (Running pipeline|Executing task|.* fini
 
 class PipelineRunError(RuntimeError):
     """A step of the local run failed; the message is the step's own error line."""
+
+
+class PipelineStopped(KeyboardInterrupt):
+    """The run was stopped by a signal; its steps have ended. ``exit_code``: 128 + the signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -199,7 +219,11 @@ class _BackgroundCall(threading.Thread):
 
 
 def run_locally(
-    arguments: dict[str, Any], state_dir: Path, *, verbose: bool = False
+    arguments: dict[str, Any],
+    state_dir: Path,
+    *,
+    verbose: bool = False,
+    keep_runs: int = DEFAULT_KEEP_RUNS,
 ) -> LocalRunSummary:
     """Run the pipeline with ``kfp.local`` and summarize it from MLflow and the store.
 
@@ -207,14 +231,14 @@ def run_locally(
         arguments: Pipeline arguments (see ``training_pipeline``); local defaults are added.
         state_dir: The project's state directory (``.mlops``).
         verbose: Echo every step's output, not only KFP's progress lines.
+        keep_runs: Keep the artifacts of this many newest runs under ``pipeline_root``.
 
     Raises:
         PipelineRunError: When a step fails, with that step's error line.
+        PipelineStopped: When SIGINT or SIGTERM stopped the run (its steps have ended).
         ParameterError, PreflightError, StoreError, FileNotFoundError: From ``preflight``,
             before anything is written.
     """
-    import os
-
     from kfp import local
 
     from pipelines.training import training_pipeline
@@ -225,21 +249,29 @@ def run_locally(
     # A new local MLflow database takes seconds to create: do it here while the first steps
     # (which do not use MLflow) run; the first step that does waits for it (a lock file).
     database = _BackgroundCall(registry.prepare_local_database, str(arguments["tracking_uri"]))
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(state_dir / "pipeline_root"),
-    )
+    pipeline_root = state_dir / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
     log_file = state_dir / "logs" / "last-run.log"
-    with warnings.catch_warnings(), _captured_steps(log_file, verbose) as tee:
+    steps = StepProcesses()
+    with (
+        warnings.catch_warnings(),
+        _captured_steps(log_file, verbose) as tee,
+        forwarding_signals(steps),
+    ):
         # kfp warns when an image name lacks "python"; ours is the project image.
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             outputs = training_pipeline(**arguments)
         except RuntimeError as err:
+            if steps.stopped_by:
+                raise _stopped(steps.stopped_by, log_file) from err
             raise PipelineRunError(tee.error_line or f"{err} (see {log_file})") from err
         finally:
             # Its failure, if any, is also the failing step's own error (shown above).
             database.join()
+            prune_runs(pipeline_root, keep_runs)
+    if steps.stopped_by:  # the signal came after the last step had ended
+        raise _stopped(steps.stopped_by, log_file)
     summary = _summarize(outputs.outputs, arguments, log_file)
     summary.report = _keep_report(outputs.outputs.get("report"), state_dir, summary.mlflow_run_id)
     return summary
@@ -256,6 +288,16 @@ def _keep_report(artifact: Any, state_dir: Path, run_id: str) -> Path | None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, dest)
     return dest
+
+
+def _stopped(signum: int, log_file: Path) -> PipelineStopped:
+    name = signal.Signals(signum).name
+    return PipelineStopped(
+        signum,
+        f"stopped by {name}: the running step was sent {name} and has ended, no further step "
+        f"ran (see {log_file}); a version it published is adopted or marked abandoned by the "
+        "next run's deploy step",
+    )
 
 
 def _summarize(outputs: dict[str, Any], arguments: dict[str, Any], log: Path) -> LocalRunSummary:

@@ -102,6 +102,9 @@ def training_pipeline(
         namespace=namespace,
         service_account=service_account,
         deploy_target=deploy_target,
+        rollout_steps=rollout_steps,
+        rollout_interval_s=rollout_interval_s,
+        rollout_min_requests=rollout_min_requests,
     )
     loaded = load_data(source=source).set_caching_options(False).after(checked)
     _s3_secret_as_env(loaded, s3_credentials_secret)

@@ -313,6 +313,13 @@ class Thresholds:
             half-flipped-labels model on at most 71%.
         min_shadow_requests: Compared mirrored requests needed to judge agreement (20);
             fewer and the signal is reported but not judged.
+        min_class_share_ratio: Each class the stable predicts must keep at least this share
+            of its stable share in the canary's predictions (0.5). A canary that stops
+            predicting a minority class (a majority-only model on 3% positives) moves the
+            class divergence by 0.02 only; this catches it. A class fails only when so few of
+            it are also improbable (binomial tail below ``CLASS_SHARE_ALPHA``) under the
+            stable's share, so a small window's chance dip is no failure; a window too small
+            to tell for some class the stable predicts is reported, not judged.
         smoothing: Added to every class/bucket count before the divergences (0.5, Jeffreys).
     """
 
@@ -328,6 +335,7 @@ class Thresholds:
     min_shadow_agreement: float = 0.9
     min_shadow_requests: int = 20
     smoothing: float = 0.5
+    min_class_share_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         """Refuse values outside their ranges, naming the field."""
@@ -344,6 +352,7 @@ class Thresholds:
             "min_shadow_agreement": 0 <= self.min_shadow_agreement <= 1,
             "min_shadow_requests": self.min_shadow_requests >= 1,
             "smoothing": self.smoothing > 0,
+            "min_class_share_ratio": 0 <= self.min_class_share_ratio <= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -358,7 +367,7 @@ class Signal:
     """One signal of one window.
 
     Attributes:
-        name: ``error_rate``, ``p99_latency``, ``class_divergence``,
+        name: ``error_rate``, ``p99_latency``, ``class_divergence``, ``class_share``,
             ``probability_divergence``, ``input_drift`` or ``shadow_agreement``.
         value: The figure compared with the threshold (``None``: no data to judge).
         threshold: The bound it is compared with.
@@ -446,6 +455,64 @@ def _class_signal(stable: RevisionCounts, canary: RevisionCounts, t: Thresholds)
         value <= t.max_class_divergence,
         f"JS {value:.3f}; class shares canary vs stable {shares}",
     )
+
+
+# How improbable a canary's count of a class must be under the stable's share to count as a
+# collapse: 1 in 1000 per class per window, so six classes over ten windows rarely misfire.
+CLASS_SHARE_ALPHA = 0.001
+# Classes the stable predicts this rarely (or on fewer rows) are not judged: too rare to tell.
+MIN_STABLE_CLASS_SHARE = 0.01
+MIN_STABLE_CLASS_ROWS = 5
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(K <= k) for K ~ Binomial(n, p), summed in log space (n in the thousands is fine)."""
+    if k >= n or p <= 0:
+        return 1.0
+    if p >= 1:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    log_n = math.lgamma(n + 1)
+    terms = [
+        log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        for i in range(max(k, 0) + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def _class_share_signal(stable: RevisionCounts, canary: RevisionCounts, t: Thresholds) -> Signal:
+    stable_total = sum(stable.classes.values())
+    canary_rows = round(sum(canary.classes.values()))
+    if not stable_total or not canary_rows:
+        return Signal("class_share", None, t.min_class_share_ratio, None, "no predictions")
+    worst, worst_class, collapsed, untestable = math.inf, "", [], []
+    for label, count in sorted(stable.classes.items()):
+        share = count / stable_total
+        if share < MIN_STABLE_CLASS_SHARE or count < MIN_STABLE_CLASS_ROWS:
+            continue
+        seen = round(canary.classes.get(label, 0.0))
+        ratio = (seen / canary_rows) / share
+        if ratio < worst:
+            worst, worst_class = ratio, label
+        if binomial_cdf(0, canary_rows, share) >= CLASS_SHARE_ALPHA:
+            untestable.append(label)  # even none of it would not be improbable yet
+        elif ratio < t.min_class_share_ratio and binomial_cdf(seen, canary_rows, share) < (
+            CLASS_SHARE_ALPHA
+        ):
+            collapsed.append(f"{label}: {seen}/{canary_rows} rows, stable share {share:.3f}")
+    if worst_class == "":
+        return Signal("class_share", None, t.min_class_share_ratio, None, "no class to judge")
+    detail = f"lowest canary/stable class share ratio {worst:.2f} ({worst_class})"
+    if collapsed:
+        return Signal(
+            "class_share", worst, t.min_class_share_ratio, False,
+            f"{detail}; collapsed: {'; '.join(collapsed)}",
+        )  # fmt: skip
+    if untestable:
+        detail += f" (too few canary rows to judge {', '.join(untestable)})"
+        return Signal("class_share", worst, t.min_class_share_ratio, None, detail)
+    return Signal("class_share", worst, t.min_class_share_ratio, True, detail)
 
 
 def _probability_signal(stable: RevisionCounts, canary: RevisionCounts, t: Thresholds) -> Signal:
@@ -545,6 +612,7 @@ def judge(
         _error_signal(stable, canary, thresholds),
         _latency_signal(stable, canary, thresholds),
         _class_signal(stable, canary, thresholds),
+        _class_share_signal(stable, canary, thresholds),
         _probability_signal(stable, canary, thresholds),
         _input_signal(canary, reference, thresholds),
         _shadow_signal(canary, thresholds),

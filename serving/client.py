@@ -7,6 +7,7 @@ Plain ``httpx``, so the command line does not import KServe. Tests also use KSer
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ class Rows:
     """Rows to send: a matrix in the model's column order, or named columns.
 
     Attributes:
-        values: One list of numbers per row.
+        values: One list per row: numbers, strings (a categorical feature) or ``None`` (a
+            missing value).
         columns: Feature names when the rows came with names (sent as one tensor per feature,
             ``content_type: pd``, so the server matches them by name), else ``None``.
     """
 
-    values: list[list[float]]
+    values: list[list[Any]]
     columns: list[str] | None = None
 
 
@@ -52,8 +54,12 @@ class Prediction:
     request_id: str
 
 
+# The tables `mlops run` and `mlops score` read, by file suffix.
+TABLE_READERS = {".csv": "read_csv", ".parquet": "read_parquet"}
+
+
 def read_rows(path: Path, label_column: str = LABEL_COLUMN) -> Rows:
-    """Read rows from a CSV (with a header) or JSON file, dropping the label column if present.
+    """Read rows from a CSV (with a header), Parquet or JSON file, dropping the label column.
 
     JSON may be a list of rows (lists of numbers, or objects keyed by feature name), or an object
     with ``instances`` holding such a list.
@@ -63,15 +69,20 @@ def read_rows(path: Path, label_column: str = LABEL_COLUMN) -> Rows:
     """
     if not path.is_file():
         raise ValueError(f"{path} does not exist or is not a file")
-    if path.suffix.lower() == ".csv":
+    reader = TABLE_READERS.get(path.suffix.lower())
+    if reader is not None:
         import pandas as pd
 
-        frame = pd.read_csv(path).drop(columns=[label_column], errors="ignore")
+        try:
+            frame = getattr(pd, reader)(path)
+        except (ValueError, OSError, pd.errors.ParserError) as err:
+            raise ValueError(f"{path} is not a readable table: {err}") from err
+        frame = frame.drop(columns=[label_column], errors="ignore")
         if frame.empty:
             raise ValueError(f"{path} has no rows")
-        return Rows(frame.to_numpy(dtype=float).tolist(), [str(c) for c in frame.columns])
+        return frame_rows(frame)
     if path.suffix.lower() != ".json":
-        raise ValueError(f"{path} must end in .csv or .json, got {path.suffix!r}")
+        raise ValueError(f"{path} must end in .csv, .parquet or .json, got {path.suffix!r}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -82,14 +93,41 @@ def read_rows(path: Path, label_column: str = LABEL_COLUMN) -> Rows:
         raise ValueError(f"{path} must hold a non-empty list of rows (or {{'instances': [...]}})")
     if all(isinstance(row, dict) for row in data):
         columns = [str(c) for c in data[0] if c != label_column]
-        return Rows([[row[c] for c in columns] for row in data], columns)
+        return Rows([[row.get(c) for c in columns] for row in data], columns)
     if all(isinstance(row, list) for row in data):
         return Rows(data)
     raise ValueError(f"{path}: rows must all be lists of numbers or all objects")
 
 
+def frame_rows(frame: Any) -> Rows:
+    """A table's rows by column name: numbers stay numbers, other values become strings.
+
+    A missing value (NaN, None) becomes ``None``, JSON ``null`` in the request, as KServe's
+    pandas codec reads a missing value.
+    """
+    import pandas as pd
+
+    columns: dict[str, list[Any]] = {}
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+            values = column.astype(float).tolist()
+            columns[str(name)] = [None if math.isnan(v) else v for v in values]
+        else:
+            columns[str(name)] = [None if pd.isna(v) else str(v) for v in column.tolist()]
+    return Rows([list(row) for row in zip(*columns.values(), strict=True)], list(columns))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def v2_request(rows: Rows, probabilities: bool = False) -> dict[str, Any]:
-    """The v2 inference request body for ``rows``."""
+    """The v2 inference request body for ``rows``.
+
+    Named columns go as one tensor each (``content_type: pd``): FP64 when every value is a
+    number or missing, else BYTES (strings; a categorical feature).
+    """
     parameters: dict[str, Any] = {"predict_proba": True} if probabilities else {}
     if rows.columns is None:
         width = len(rows.values[0]) if rows.values else 0
@@ -104,19 +142,62 @@ def v2_request(rows: Rows, probabilities: bool = False) -> dict[str, Any]:
         ]
     else:
         parameters["content_type"] = "pd"
-        inputs = [
-            {
-                "name": name,
-                "shape": [len(rows.values)],
-                "datatype": "FP64",
-                "data": [row[i] for row in rows.values],
-            }
-            for i, name in enumerate(rows.columns)
-        ]
+        inputs = []
+        for i, name in enumerate(rows.columns):
+            data = [row[i] for row in rows.values]
+            numeric = all(v is None or _is_number(v) for v in data)
+            if not numeric:
+                data = [None if v is None else str(v) for v in data]
+            inputs.append(
+                {
+                    "name": name,
+                    "shape": [len(rows.values)],
+                    "datatype": "FP64" if numeric else "BYTES",
+                    "data": data,
+                }
+            )
     body: dict[str, Any] = {"inputs": inputs}
     if parameters:
         body["parameters"] = parameters
     return body
+
+
+def class_names(metadata: dict[str, Any] | None, count: int) -> list[tuple[str, str]]:
+    """``(class, display name)`` per probability column, from a version's ``metadata.json``.
+
+    ``class_names`` (parallel to ``classes``) when the version has them, else the classes
+    themselves, else the training reference's classes; without any of them, the column
+    numbers.
+    """
+    metadata = metadata or {}
+    classes = metadata.get("classes")
+    if not isinstance(classes, list):
+        classes = (metadata.get("reference_statistics") or {}).get("classes")
+    if not isinstance(classes, list) or len(classes) != count:
+        return [(str(i), str(i)) for i in range(count)]
+    names = metadata.get("class_names")
+    if not isinstance(names, list) or len(names) != count:
+        names = classes
+    return [(str(c), str(n)) for c, n in zip(classes, names, strict=True)]
+
+
+def prediction_lines(prediction: Prediction, classes: list[tuple[str, str]]) -> list[str]:
+    """A header and one tab-separated line per row: the row number, then the answer.
+
+    Probabilities: one column per class, headed by its name. Labels: the label, and its
+    class name when that differs from the label.
+    """
+    rows = prediction.outputs
+    if rows and isinstance(rows[0], list):
+        lines = ["\t".join(["row", *(name for _, name in classes)])]
+        lines += ["\t".join([str(i), *(f"{p:.4f}" for p in row)]) for i, row in enumerate(rows)]
+        return lines
+    named = {label: name for label, name in classes if name != label}
+    if not named:
+        return ["row\tlabel", *(f"{i}\t{label}" for i, label in enumerate(rows))]
+    lines = ["row\tlabel\tclass_name"]
+    lines += [f"{i}\t{label}\t{named.get(str(label), label)}" for i, label in enumerate(rows)]
+    return lines
 
 
 class V2Client:
@@ -230,18 +311,24 @@ def parse_drift(metrics_text: str, model_name: str) -> list[RevisionDrift]:
     ]
 
 
-def format_drift(drift: Sequence[RevisionDrift], top: int) -> str:
-    """A table per revision, features by PSI, highest first."""
+def format_drift(drift: Sequence[RevisionDrift], top: int, min_rows: int = 1) -> str:
+    """A table per revision, features by PSI, highest first.
+
+    A revision with fewer than ``min_rows`` rows gets no verdict: "not enough rows (N of M
+    needed)" (the PSI of a few rows is noise: 10 undrifted rows read 7.0).
+    """
     from serving.drift import classify
 
     blocks = []
     for entry in drift:
+        heading = f"{entry.revision} (model version {entry.model_version}): {entry.rows} rows"
+        heading += " served"
+        if entry.rows < min_rows:
+            blocks.append(f"{heading}: not enough rows ({entry.rows} of {min_rows} needed)")
+            continue
         ranked = sorted(entry.psi.items(), key=lambda item: -item[1])
         worst = ranked[0][1] if ranked else 0.0
-        lines = [
-            f"{entry.revision} (model version {entry.model_version}): {entry.rows} rows served, "
-            f"max PSI {worst:.4f} ({classify(worst)})"
-        ]
+        lines = [f"{heading}, max PSI {worst:.4f} ({classify(worst)})"]
         width = max((len(name) for name, _ in ranked[:top]), default=7)
         lines.append(f"  {'FEATURE'.ljust(width)}   PSI      STATUS")
         lines += [

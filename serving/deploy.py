@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.inference_service import PredictorSettings, build_inference_service
+from serving.inference_service import PredictorSettings, TrafficSpec, build_inference_service
+
+# Conditional local writes redone on a fresh read when the state changed in between (the
+# server records its address or a revision's failure; neither is a traffic change).
+CONFLICT_ATTEMPTS = 3
 
 TARGETS = ("local", "kubernetes")
 
@@ -172,21 +176,98 @@ def set_canary_traffic(
     namespace: str = "default",
     tracking_uri: str | None = None,
     timeout_s: int = 600,
+    expected: TrafficSpec | None = None,
 ) -> dict[str, Any]:
-    """Promote (``percent=None``) or roll back (``percent=0``) the latest revision.
+    """Promote (``percent=None``), roll back (``percent=0``) or move the latest revision's share.
 
     Then moves the MLflow aliases to match the new traffic (``sync_aliases``).
+
+    Args:
+        name: The InferenceService.
+        percent: The latest revision's new share, ``None`` to promote.
+        target: ``local`` or ``kubernetes``.
+        state_dir: The local state directory.
+        namespace: The namespace (kubernetes target).
+        tracking_uri: MLflow, whose aliases follow (``None``: leave them).
+        timeout_s: How long the kubernetes target waits for the new split.
+        expected: The traffic the caller last set: the write is conditional on it and on the
+            resourceVersion read just before (a rollout's writes; ``None`` for a human's).
+
+    Raises:
+        TrafficChangedError: When the traffic is no longer ``expected`` (nothing changed).
     """
     if target not in TARGETS:
         raise ValueError(f"target {target!r} is unknown: use one of {list(TARGETS)}")
     if target == "local":
-        from serving import local_controller
-
-        applied = local_controller.set_canary_percent(name, percent, state_dir)
+        applied = _set_local(name, percent, state_dir, expected)
     else:
         from serving import kubernetes_target
 
-        applied = kubernetes_target.set_canary_percent(name, namespace, percent, timeout_s)
+        applied = kubernetes_target.set_canary_percent(
+            name, namespace, percent, timeout_s, expected
+        )
     if tracking_uri:
         sync_aliases(tracking_uri, applied, target, state_dir)
     return applied
+
+
+def _set_local(
+    name: str, percent: int | None, state_dir: Path, expected: TrafficSpec | None
+) -> dict[str, Any]:
+    """The local write: on the resourceVersion just read, redone when it moved meanwhile."""
+    from serving import local_controller
+
+    if expected is None:
+        return local_controller.set_canary_percent(name, percent, state_dir)
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        isvc = local_controller.read_state(name, state_dir)["inferenceService"]
+        version = str(isvc["metadata"].get("resourceVersion", ""))
+        try:
+            return local_controller.set_canary_percent(
+                name, percent, state_dir, expected=expected, if_version=version
+            )
+        except local_controller.ConflictError:
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def stable_side(
+    name: str, target: str, *, state_dir: Path, namespace: str = "default"
+) -> tuple[str, str] | None:
+    """The ``(revision, model version)`` a new canary of ``name`` would split with.
+
+    KServe's ``createKnativeService`` gives the ``prev`` side to ``latestRolledoutRevision``
+    (kserve v0.20.0 ``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/
+    ksvc_reconciler.go``), in both targets. ``None`` when nothing is deployed (a first deploy
+    takes all traffic) or nothing has rolled out; the version is ``""`` when unknown.
+
+    Raises:
+        RuntimeError: When the cluster cannot be read.
+    """
+    if target == "local":
+        from serving import local_controller
+
+        try:
+            state = local_controller.read_state(name, state_dir)
+        except local_controller.NotDeployedError:
+            return None
+        isvc = dict(state["inferenceService"])
+        versions = {r: str(i.get("modelVersion", "")) for r, i in state["revisions"].items()}
+    else:
+        from serving import kubernetes_target
+
+        try:
+            isvc = kubernetes_target.get(name, namespace)
+        except LookupError:
+            return None
+        versions = {}
+    predictor = isvc.get("status", {}).get("components", {}).get("predictor", {})
+    revision = predictor.get("latestRolledoutRevision")
+    if not revision:
+        return None
+    if target != "local":
+        from serving import kubernetes_target
+
+        versions = kubernetes_target.revision_versions(namespace, [revision])
+    return str(revision), versions.get(str(revision), "")

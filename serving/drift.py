@@ -9,6 +9,9 @@ The bin counts are the ``mlops_input_bin_rows_total{feature,bin}`` counters, per
 rollout reads them per window (``serving.canary_analysis``), and with several worker processes
 (``PROMETHEUS_MULTIPROC_DIR``) ``report()`` reads them back through ``prometheus_client``'s
 ``MultiProcessCollector``, so ``mlops drift`` covers every worker's rows.
+
+Only numeric features have bins: with ``feature_types`` in the metadata, categorical features
+are skipped (a missing numeric value is counted in no bin).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +48,11 @@ def sample_rows(rows: np.ndarray) -> np.ndarray:
     The sample every served-input and probability signal counts, locally and in the cluster's
     payload sink alike.
     """
-    return rows[:: max(1, -(-len(rows) // SAMPLE_ROWS))]
+    return rows[:: _stride(len(rows))]
+
+
+def _stride(rows: int) -> int:
+    return max(1, -(-rows // SAMPLE_ROWS))
 
 
 def psi(reference_fractions: np.ndarray, served_counts: np.ndarray) -> float:
@@ -89,14 +97,34 @@ class FeatureDrift:
     reference_mean: float
 
 
+def numeric_features(
+    feature_names: list[str],
+    feature_types: Mapping[str, str] | None,
+    reference: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The features drift is measured on: the numeric ones (all, for an older version).
+
+    A categorical feature (``feature_types``, or listed under the reference's ``categorical``)
+    has no bins: ``reference_statistics.categorical`` holds its shares instead.
+    """
+    types = feature_types or {}
+    categorical = (reference or {}).get("categorical") or {}
+    return [
+        name
+        for name in feature_names
+        if types.get(name, "numeric") == "numeric" and name not in categorical
+    ]
+
+
 class DriftMonitor:
-    """Counts served rows in the reference bins of every feature; thread-safe."""
+    """Counts served rows in the reference bins of every numeric feature; thread-safe."""
 
     def __init__(
         self,
         feature_names: list[str],
         reference: dict[str, Any],
         labels: tuple[str, str, str] | None = None,
+        feature_types: Mapping[str, str] | None = None,
     ) -> None:
         """Set up the bins.
 
@@ -105,23 +133,28 @@ class DriftMonitor:
             reference: ``reference_statistics`` from the model's metadata.
             labels: ``(model, revision, model_version)`` of the ``mlops_input_bin_rows``
                 counters; ``None`` counts in this object only.
+            feature_types: ``feature_types`` from the model's metadata (``numeric`` or
+                ``categorical`` per feature); absent, every feature not under the reference's
+                ``categorical`` is numeric. Only numeric features are monitored.
 
         Raises:
-            ValueError: When a feature has no reference statistics.
+            ValueError: When a numeric feature has no reference statistics.
         """
         features = reference.get("features", {})
-        missing = [name for name in feature_names if name not in features]
+        monitored = numeric_features(list(feature_names), feature_types, reference)
+        missing = [name for name in monitored if name not in features]
         if missing:
             raise ValueError(f"reference_statistics has no entry for features {missing[:3]}")
-        self.feature_names = list(feature_names)
-        self._edges = [np.asarray(features[n]["bin_edges"], dtype=float) for n in feature_names]
-        self._fractions = [
-            np.asarray(features[n]["bin_fractions"], dtype=float) for n in feature_names
-        ]
-        self._reference_means = [float(features[n]["mean"]) for n in feature_names]
+        self.feature_names = monitored
+        # Where each monitored feature sits among the model's columns (a served matrix).
+        self._columns = [list(feature_names).index(name) for name in monitored]
+        self._every_column = self._columns == list(range(len(feature_names)))
+        self._edges = [np.asarray(features[n]["bin_edges"], dtype=float) for n in monitored]
+        self._fractions = [np.asarray(features[n]["bin_fractions"], dtype=float) for n in monitored]
+        self._reference_means = [float(features[n]["mean"]) for n in monitored]
         self._counts = [np.zeros(len(f), dtype=np.int64) for f in self._fractions]
-        self._sums = np.zeros(len(feature_names))
-        self._rows = 0
+        self._sums = np.zeros(len(monitored))
+        self._present = np.zeros(len(monitored), dtype=np.int64)
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
         self._flushed_at = time.monotonic()
@@ -130,15 +163,26 @@ class DriftMonitor:
         self._counters = (
             [
                 [INPUT_BINS.labels(*labels, name, str(b)) for b in range(len(fractions))]
-                for name, fractions in zip(feature_names, self._fractions, strict=True)
+                for name, fractions in zip(monitored, self._fractions, strict=True)
             ]
             if labels
             else None
         )
 
-    def observe(self, matrix: np.ndarray) -> None:
-        """Record served rows (``[rows, features]``, validated); at most ``SAMPLE_ROWS`` of them."""
-        matrix = sample_rows(matrix)
+    def observe(self, rows: Any) -> None:
+        """Record served rows; at most ``SAMPLE_ROWS`` of them.
+
+        Args:
+            rows: Validated rows: a ``[rows, features]`` array in the model's column order, or
+                a DataFrame with the model's columns (a mixed table). Only the numeric
+                features are read; a missing value (NaN) is counted in no bin.
+        """
+        if hasattr(rows, "iloc"):  # a DataFrame: its numeric columns, by name
+            matrix = rows[self.feature_names].iloc[:: _stride(len(rows))].to_numpy(dtype=float)
+        else:
+            matrix = sample_rows(np.asarray(rows))
+            if not self._every_column:
+                matrix = matrix[:, self._columns].astype(float)
         with self._lock:
             self._pending.append(matrix)
             self._pending_rows += len(matrix)
@@ -160,15 +204,16 @@ class DriftMonitor:
             return
         batch = np.concatenate(self._pending)
         self._pending, self._pending_rows = [], 0
+        present = ~np.isnan(batch)
         for column, edges in enumerate(self._edges):
-            counts = bin_counts(edges, batch[:, column])
+            counts = bin_counts(edges, batch[present[:, column], column])
             self._counts[column] += counts
             if self._counters is not None:
                 for counter, count in zip(self._counters[column], counts.tolist(), strict=True):
                     if count:
                         counter.inc(count)
-        self._sums += batch.sum(axis=0)
-        self._rows += len(batch)
+        self._sums += np.nansum(batch, axis=0)
+        self._present += present.sum(axis=0)
 
     @property
     def rows(self) -> int:
@@ -176,7 +221,8 @@ class DriftMonitor:
         with self._lock:
             self._flush()
             counts = self._all_workers_counts()
-            return int(counts[0].sum()) if counts else 0
+            # The feature seen most often: a missing value is counted in no bin.
+            return max((int(c.sum()) for c in counts), default=0)
 
     def _all_workers_counts(self) -> list[np.ndarray]:
         """Bin counts per feature: this process's, or every worker's when multiprocess."""
@@ -192,12 +238,11 @@ class DriftMonitor:
         with self._lock:
             self._flush()
             counts = self._all_workers_counts()
-            rows = max(self._rows, 1)
             return [
                 FeatureDrift(
                     feature=name,
                     psi=psi(self._fractions[i], counts[i]),
-                    served_mean=float(self._sums[i] / rows),
+                    served_mean=float(self._sums[i] / max(int(self._present[i]), 1)),
                     reference_mean=self._reference_means[i],
                 )
                 for i, name in enumerate(self.feature_names)

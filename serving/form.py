@@ -30,12 +30,19 @@ from urllib.parse import urlparse
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
-from mlops.store import StoreError, open_store
+from mlops.store import StoreError
+
+# form_schema and router_schema are the schema's public names here too (mlops serve, tests).
+from serving.form_schema import (  # noqa: F401
+    FormUnavailable,
+    form_schema,
+    router_schema,
+    served_schema,
+    store_schema,
+)
 
 if TYPE_CHECKING:
     import httpx
-
-    from serving.runtime import CanaryRouter
 
 STATIC = Path(__file__).with_name("static")
 SCHEMA_PATH = "/form/schema"
@@ -45,81 +52,6 @@ DEFAULT_FRONTEND_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # Headers of the model server's answer the page reads; nothing else is passed back.
 _ANSWER_HEADERS = ("content-type", "x-mlops-model-version", "x-mlops-revision", "x-request-id")
-
-
-class FormUnavailable(RuntimeError):
-    """No model version to describe the form with (nothing loaded, nothing published)."""
-
-
-def form_schema(
-    model_name: str, model_version: str, metadata: dict[str, Any], feature_names: list[str]
-) -> dict[str, Any]:
-    """What the page needs to draw the form, from a version's ``metadata.json``.
-
-    Args:
-        model_name: The served model's name (the infer path's ``{name}``).
-        model_version: The store version the ranges and examples come from.
-        metadata: The version's ``metadata.json``.
-        feature_names: The model's features, in the order of the input tensor's columns.
-
-    Returns:
-        ``{"model", "version", "features": [{"name", "min", "max", "mean"}], "classes",
-        "examples": [{"label", "values"}]}``; ranges are None and examples empty for a version
-        published without them.
-    """
-    reference = metadata.get("reference_statistics") or {}
-    stats = reference.get("features") or {}
-    features = [
-        {key: stats.get(name, {}).get(key) for key in ("min", "max", "mean")} | {"name": name}
-        for name in feature_names
-    ]
-    examples = [
-        {"label": example["label"], "values": [example["features"][n] for n in feature_names]}
-        for example in reference.get("examples") or []
-        if all(n in example.get("features", {}) for n in feature_names)
-    ]
-    return {
-        "model": model_name,
-        "version": model_version,
-        "features": features,
-        "classes": reference.get("classes"),
-        "examples": examples,
-    }
-
-
-def router_schema(router: CanaryRouter) -> dict[str, Any]:
-    """The form of the loaded revision taking the most traffic (``mlops serve``).
-
-    Raises:
-        FormUnavailable: When no revision is loaded.
-    """
-    loaded = [r for r in router.routes.routes if not r.failure]
-    if not loaded:
-        raise FormUnavailable(f"no revision of {router.name!r} is loaded yet")
-    model = max(loaded, key=lambda r: r.percent).model
-    return form_schema(
-        router.name, model.revision.model_version, model.metadata, model.feature_names
-    )
-
-
-def store_schema(store_uri: str, model_name: str) -> dict[str, Any]:
-    """The form of the newest version in the store (the cluster frontend).
-
-    The pipeline publishes a version only when it passed the gate, just before deploying it, so
-    the newest version is the one served or being rolled out. Its metadata is shown as text
-    only (ranges, example values), so it is read without the signing key.
-
-    Raises:
-        FormUnavailable: When the store holds no version of ``model_name``.
-        StoreError: When the store cannot be read.
-    """
-    store = open_store(store_uri)
-    versions = store.versions(model_name)
-    if not versions:
-        raise FormUnavailable(f"the store {store_uri} holds no version of {model_name!r} yet")
-    metadata = store.read_metadata(model_name, max(versions))
-    names = [str(n) for n in metadata.get("feature_names") or []]
-    return form_schema(model_name, str(max(versions)), metadata, names)
 
 
 def _csp_hash(text: str) -> str:
@@ -193,8 +125,8 @@ def mount_form(app: FastAPI, schema: Callable[[], dict[str, Any]]) -> None:
         # A plain def: FastAPI runs it in its thread pool, so a store read blocks no request.
         try:
             return JSONResponse(schema())
-        except (FormUnavailable, StoreError, ValueError) as err:
-            return JSONResponse({"error": str(err)}, status_code=503)
+        except (FormUnavailable, StoreError, ValueError, RuntimeError) as err:
+            return JSONResponse({"error": str(err)[:500]}, status_code=503)
 
     app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
     app.add_api_route(SCHEMA_PATH, schema_route, methods=["GET"], include_in_schema=False)
@@ -214,6 +146,8 @@ class FrontendSettings:
         timeout_s: How long the model server may take to answer.
         auth_token: Bearer token for everything but the page and ``/`` probes; None for none.
         allow_unauthenticated: Listen on a non-loopback ``host`` without a token.
+        namespace: The InferenceService's namespace: the form is the version it serves,
+            its metadata signed (``served_schema``); None: the newest version in the store.
     """
 
     upstream: str
@@ -225,6 +159,7 @@ class FrontendSettings:
     timeout_s: float = 30.0
     auth_token: str | None = field(default=None, repr=False)
     allow_unauthenticated: bool = False
+    namespace: str | None = None
 
     def __post_init__(self) -> None:
         from serving.auth import check_exposure
@@ -297,7 +232,13 @@ def build_frontend(settings: FrontendSettings) -> FastAPI:
             yield
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    mount_form(app, functools.partial(store_schema, settings.store_uri, settings.model_name))
+    if settings.namespace is None:
+        schema = functools.partial(store_schema, settings.store_uri, settings.model_name)
+    else:
+        schema = functools.partial(
+            served_schema, settings.store_uri, settings.model_name, settings.namespace
+        )
+    mount_form(app, schema)
 
     def check_name(model_name: str) -> JSONResponse | None:
         if model_name == settings.model_name:
@@ -356,6 +297,12 @@ def parse_frontend_args(argv: list[str] | None = None) -> FrontendSettings:
     parser.add_argument("--timeout", type=float, default=30.0, help="model server answer (s)")
     parser.add_argument("--auth-token-file", type=Path, default=None)
     parser.add_argument("--allow-unauthenticated", action="store_true")
+    parser.add_argument(
+        "--inference-service-namespace",
+        default=None,
+        help="show the version the InferenceService serves there (signed metadata), "
+        "not the newest in the store",
+    )
     args = parser.parse_args(argv)
     try:
         return FrontendSettings(
@@ -368,6 +315,7 @@ def parse_frontend_args(argv: list[str] | None = None) -> FrontendSettings:
             timeout_s=args.timeout,
             auth_token=read_token(args.auth_token_file),
             allow_unauthenticated=args.allow_unauthenticated,
+            namespace=args.inference_service_namespace,
         )
     except ValueError as err:
         parser.error(str(err))

@@ -199,3 +199,74 @@ def _deserialize(data: Any, type_name: str) -> Any:
         if key in data
     }
     return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    """What a traffic write sets: the canary's share and the model the latest revision serves.
+
+    A rollout remembers the ``TrafficSpec`` it last wrote; before each write it checks the
+    InferenceService still has it, so a human's promote, rollback or deploy is never undone.
+
+    Attributes:
+        canary_percent: ``spec.predictor.canaryTrafficPercent`` (``None``: promoted).
+        storage_uri: ``spec.predictor.model.storageUri``.
+    """
+
+    canary_percent: int | None
+    storage_uri: str
+
+
+class TrafficChangedError(RuntimeError):
+    """Someone else changed the traffic since the rollout last set it: the rollout stops.
+
+    Attributes:
+        by: Who, in words: ``a promote``, ``a rollback``, ``a new deploy``, ...
+    """
+
+    def __init__(self, by: str, message: str) -> None:
+        """Say who changed the traffic (``by``) and what was found (``message``)."""
+        super().__init__(message)
+        self.by = by
+
+
+class RolloutLockedError(RuntimeError):
+    """Another rollout of the InferenceService holds its lock (local file lock, or Lease)."""
+
+
+def traffic_spec(isvc: dict[str, Any]) -> TrafficSpec:
+    """The ``TrafficSpec`` of an InferenceService (camelCase dict, as the API returns it)."""
+    predictor = isvc.get("spec", {}).get("predictor", {})
+    percent = predictor.get("canaryTrafficPercent")
+    uri = str((predictor.get("model") or {}).get("storageUri", ""))
+    return TrafficSpec(None if percent is None else int(percent), uri)
+
+
+def check_traffic(isvc: dict[str, Any], expected: TrafficSpec | None) -> None:
+    """Refuse to write over a traffic change someone else made.
+
+    Args:
+        isvc: The InferenceService as read just before the write.
+        expected: What the writer last set; ``None``: an unconditional write (a human's).
+
+    Raises:
+        TrafficChangedError: When ``isvc``'s spec is no longer ``expected``, naming the change.
+    """
+    found = traffic_spec(isvc)
+    if expected is None or found == expected:
+        return
+    if found.storage_uri != expected.storage_uri:
+        by = "a new deploy"
+        what = f"the latest revision now serves {found.storage_uri}"
+    elif found.canary_percent is None:
+        by, what = "a promote", "canaryTrafficPercent was removed"
+    elif found.canary_percent == 0:
+        by, what = "a rollback", "canaryTrafficPercent is 0"
+    else:
+        by, what = "a traffic change", f"canaryTrafficPercent is {found.canary_percent}"
+    had = "removed" if expected.canary_percent is None else f"{expected.canary_percent}"
+    raise TrafficChangedError(
+        by,
+        f"stopped by {by}: {what} (the rollout had set canaryTrafficPercent {had}); "
+        "the traffic stays as it was set",
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,18 @@ import orjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve.utils.numpy_codec import to_np_dtype
+
+from serving.features import (
+    TENSOR,
+    FeatureSchema,
+    as_frame,
+    datatype_named,
+    feature_list,
+    is_pandas_request,
+    records_columns,
+    table_columns,
+)
+from serving.features import quoted as _quoted
 
 # v2 datatypes a numeric feature can arrive in (BOOL, BYTES and FP16 carry no valid features:
 # FP16 over JSON is refused by KServe itself).
@@ -38,9 +51,6 @@ PROBA_ENV = "PREDICT_PROBA"
 _TRUE = ("1", "true", "yes", "on")
 # The binary-data extension's header: the byte length of the JSON that starts the body.
 HEADER_LENGTH = "Inference-Header-Content-Length"
-# Names from the request are quoted in messages only this far: a message is logged, and a
-# tensor name is the one part of a request that could carry anything.
-_NAME_CHARS = 40
 
 
 def wants_probabilities(payload: dict[str, Any] | InferRequest) -> bool:
@@ -142,8 +152,8 @@ def _binary_tensor_size(tensor: Any, index: int) -> int:
         raise InvalidInput(f"{where}: 'shape' must hold non-negative whole numbers")
     if tensor["datatype"] not in NUMERIC_DATATYPES:
         raise InvalidInput(
-            f"{where} has datatype {_quoted(tensor['datatype'])}: use a numeric v2 datatype "
-            f"({', '.join(NUMERIC_DATATYPES)})"
+            f"{where} has {datatype_named(tensor['datatype'])}: use a numeric datatype for a "
+            f"binary tensor ({', '.join(NUMERIC_DATATYPES)}); send BYTES columns as JSON"
         )
     parameters = tensor.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
@@ -165,13 +175,68 @@ def _binary_tensor_size(tensor: Any, index: int) -> int:
     return size
 
 
-def _quoted(name: object) -> str:
-    """``name`` quoted for a message, cut short: never more of the request than that."""
-    text = str(name)
-    return repr(text if len(text) <= _NAME_CHARS else f"{text[:_NAME_CHARS]}...")
+@dataclass(frozen=True)
+class ModelInput:
+    """A checked request, as the model takes it and as the signals read it.
+
+    Attributes:
+        model_input: The float matrix (``tensor`` models) or the DataFrame (``dataframe``).
+        numeric: The numeric features as a float matrix (NaN for a missing value), in
+            ``schema.numeric_names`` order: what drift and the input signals count.
+        rows: Number of rows.
+    """
+
+    model_input: Any
+    numeric: np.ndarray
+    rows: int
 
 
-def request_matrix(payload: dict[str, Any] | InferRequest, feature_names: list[str]) -> np.ndarray:
+def request_input(payload: dict[str, Any] | InferRequest, schema: FeatureSchema) -> ModelInput:
+    """The request as the model takes it: a float matrix or a DataFrame in feature order.
+
+    A ``tensor`` model takes one v2 tensor ``[rows, features]``, the pandas codec (one tensor
+    per feature, by name) or v1 rows of numbers; a ``dataframe`` model takes the pandas codec
+    or v1 rows as objects keyed by feature name.
+
+    Raises:
+        InvalidInput: Naming the tensor, column or field that is wrong (never a value).
+    """
+    if schema.input_kind == TENSOR:
+        matrix = request_matrix(payload, schema.names, schema.allow_missing)
+        return ModelInput(matrix, matrix, len(matrix))
+    if isinstance(payload, InferRequest):
+        if not is_pandas_request(payload):
+            raise InvalidInput(
+                "this model takes a table with categorical columns: send one input tensor per "
+                "column, named as the column (BYTES for strings, FP64 for numbers, null for a "
+                f"missing value), with parameters.content_type 'pd' ({feature_list(schema.names)})"
+            )
+        columns = table_columns(payload.inputs, schema)
+    elif isinstance(payload, dict):
+        key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
+        rows = payload.get(key) if key else None
+        if key is None or not isinstance(rows, list) or not rows:
+            raise InvalidInput(
+                "v1 request has no 'instances': send {\"instances\": [{feature: value, ...}]}"
+            )
+        columns = records_columns(rows, schema, key)
+    else:
+        raise InvalidInput(_NOT_JSON)
+    numeric = (
+        np.column_stack([np.asarray(columns[n], dtype=np.float64) for n in schema.numeric_names])
+        if schema.numeric_names
+        else np.empty((len(columns[schema.names[0]]), 0))
+    )
+    frame = as_frame(columns, schema)
+    return ModelInput(frame, np.ascontiguousarray(numeric), len(frame))
+
+
+_NOT_JSON = "the request body is not JSON: send it with content-type application/json"
+
+
+def request_matrix(
+    payload: dict[str, Any] | InferRequest, feature_names: list[str], allow_missing: bool = False
+) -> np.ndarray:
     """The ``[rows, features]`` float matrix of a request, checked against the model's features.
 
     Args:
@@ -179,6 +244,7 @@ def request_matrix(payload: dict[str, Any] | InferRequest, feature_names: list[s
             tensor of shape ``[rows, features]`` (or, with ``parameters.content_type: "pd"``,
             one tensor per feature named as the feature).
         feature_names: The model's features, in the order it was trained on.
+        allow_missing: Whether NaN (a missing value) may reach the model (it imputes).
 
     Returns:
         A C-contiguous float64 array with one row per instance.
@@ -188,24 +254,19 @@ def request_matrix(payload: dict[str, Any] | InferRequest, feature_names: list[s
             data that does not fill the shape, or a NaN or infinite value.
     """
     if isinstance(payload, InferRequest):
-        if _content_type(payload) == "pd":
-            matrix = _columns_matrix(payload.inputs, feature_names)
+        if is_pandas_request(payload):
+            schema = FeatureSchema(list(feature_names), allow_missing=allow_missing)
+            columns = table_columns(payload.inputs, schema)
+            matrix = np.column_stack([np.asarray(columns[n]) for n in feature_names])
+            matrix = np.ascontiguousarray(matrix, dtype=np.float64)
         else:
             matrix = _tensor_matrix(payload.inputs, feature_names)
     elif isinstance(payload, dict):
         matrix = _instances_matrix(payload, feature_names)
     else:
-        raise InvalidInput(
-            "the request body is not JSON: send it with content-type application/json"
-        )
-    _check_finite(matrix, feature_names)
+        raise InvalidInput(_NOT_JSON)
+    _check_finite(matrix, feature_names, allow_missing)
     return matrix
-
-
-def _content_type(request: InferRequest) -> str:
-    parameters = request.parameters or {}
-    value = parameters.get("content_type") if isinstance(parameters, dict) else None
-    return str(value) if value is not None else ""
 
 
 def _tensor_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.ndarray:
@@ -224,40 +285,17 @@ def _tensor_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.nda
     shape = list(tensor.shape)
     if len(shape) != 2 or any(not isinstance(d, int) or d < 0 for d in shape):
         raise InvalidInput(
-            f"input {_quoted(tensor.name)} has shape {shape}: expected [rows, {n_features}] "
+            f"input {_quoted(tensor.name)} has shape {shape[:4]}: expected [rows, {n_features}] "
             "with non-negative sizes"
         )
     if shape[1] != n_features:
         raise InvalidInput(
             f"input {_quoted(tensor.name)} has {shape[1]} features per row (shape {shape}): the "
-            f"model expects {n_features} ({_feature_list(feature_names)})"
+            f"model expects {n_features} ({feature_list(feature_names)})"
         )
     if shape[0] == 0:
         raise InvalidInput(f"input {_quoted(tensor.name)} has no rows (shape {shape})")
     return _as_float_matrix(tensor, shape)
-
-
-def _columns_matrix(inputs: list[InferInput], feature_names: list[str]) -> np.ndarray:
-    by_name = {i.name: i for i in inputs}
-    missing = [f for f in feature_names if f not in by_name]
-    unknown = [n for n in by_name if n not in feature_names]
-    if missing or unknown:
-        raise InvalidInput(
-            f"content_type 'pd' needs one input per feature: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unknown [{', '.join(map(_quoted, unknown[:5]))}]"
-        )
-    columns = []
-    for name in feature_names:
-        tensor = by_name[name]
-        _check_datatype(tensor)
-        shape = list(tensor.shape)
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or shape[0] < 1:
-            raise InvalidInput(f"input {name!r} has shape {shape}: expected [rows] or [rows, 1]")
-        columns.append(_as_float_matrix(tensor, shape).reshape(-1))
-    rows = {len(c) for c in columns}
-    if len(rows) > 1:
-        raise InvalidInput(f"feature inputs have different row counts {sorted(rows)}")
-    return np.ascontiguousarray(np.column_stack(columns), dtype=np.float64)
 
 
 def _instances_matrix(payload: dict[str, Any], feature_names: list[str]) -> np.ndarray:
@@ -275,7 +313,7 @@ def _instances_matrix(payload: dict[str, Any], feature_names: list[str]) -> np.n
             size = len(row) if isinstance(row, list) else type(row).__name__
             raise InvalidInput(
                 f"'{key}[{index}]' has {size} values: each row must be a list of {n_features} "
-                f"numbers ({_feature_list(feature_names)})"
+                f"numbers ({feature_list(feature_names)})"
             )
         for column, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -289,7 +327,7 @@ def _instances_matrix(payload: dict[str, Any], feature_names: list[str]) -> np.n
 def _check_datatype(tensor: InferInput) -> None:
     if tensor.datatype not in NUMERIC_DATATYPES:
         raise InvalidInput(
-            f"input {_quoted(tensor.name)} has datatype {_quoted(tensor.datatype)}: use a numeric "
+            f"input {_quoted(tensor.name)} has {datatype_named(tensor.datatype)}: use a numeric "
             f"v2 datatype ({', '.join(NUMERIC_DATATYPES)})"
         )
 
@@ -340,18 +378,16 @@ def _data_size(tensor: InferInput) -> int | None:
         return None
 
 
-def _check_finite(matrix: np.ndarray, feature_names: list[str]) -> None:
+def _check_finite(matrix: np.ndarray, feature_names: list[str], allow_missing: bool) -> None:
     finite = np.isfinite(matrix)
     if finite.all():
         return
+    if allow_missing:
+        finite |= np.isnan(matrix)  # a missing value: the model's imputer fills it in
+        if finite.all():
+            return
     row, column = (int(i) for i in np.argwhere(~finite)[0])
     raise InvalidInput(
         f"row {row}, feature {feature_names[column]!r} (column {column}) is {matrix[row, column]}:"
         f" NaN and infinity are not valid feature values ({int((~finite).sum())} in the request)"
     )
-
-
-def _feature_list(feature_names: list[str]) -> str:
-    if len(feature_names) <= 4:
-        return ", ".join(feature_names)
-    return f"{feature_names[0]!r}, {feature_names[1]!r}, ..., {feature_names[-1]!r}"

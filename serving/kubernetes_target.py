@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from kserve import KServeClient, V1beta1InferenceService
     from urllib3.util.retry import Retry
 
+    from serving.inference_service import TrafficSpec
+
 # urllib3 retries of one API request: 0, 1, 2, 4, 8 s apart (about 15 s in all), enough for an
 # API server or admission webhook that restarts; Retry-After of a 429/503 is honoured.
 RETRIES = 5
@@ -437,9 +439,17 @@ def apply(
 
 
 def set_canary_percent(
-    name: str, namespace: str, percent: int | None, timeout_s: int
+    name: str,
+    namespace: str,
+    percent: int | None,
+    timeout_s: int,
+    expected: TrafficSpec | None = None,
 ) -> dict[str, Any]:
     """Set ``canaryTrafficPercent`` of the running InferenceService and wait for it.
+
+    The replace carries the ``resourceVersion`` of the read it was built from, so it is a
+    conditional write; with ``expected`` it is also refused when the spec read is not the
+    traffic the writer last set (a rollout's writes: a human's change is never undone).
 
     Args:
         name: The InferenceService.
@@ -447,6 +457,7 @@ def set_canary_percent(
         percent: ``None`` promotes (the field is removed: latest gets 100%); ``0`` rolls back
             to the previously rolled-out revision; anything else moves the split.
         timeout_s: Seconds to wait for the new traffic split.
+        expected: The traffic the writer last set (``None``: write over whatever is there).
 
     Returns:
         The InferenceService as the API returns it afterwards.
@@ -454,14 +465,27 @@ def set_canary_percent(
     Raises:
         ValueError: When ``percent`` is outside 0..100.
         LookupError: When the InferenceService does not exist.
-        RuntimeError: When the API refuses the change or it is not done in time.
+        TrafficChangedError: When the spec is not ``expected`` (nothing is written).
+        RuntimeError: When the API refuses the change, it is not done in time, or a canary
+            share is asked for while nothing has rolled out (KServe would ignore it).
     """
-    from serving.inference_service import check_canary_percent, from_dict
+    from serving.inference_service import check_canary_percent, check_traffic, from_dict
 
     check_canary_percent(percent)
     client = _client()
 
     def moved(current: dict[str, Any]) -> V1beta1InferenceService:
+        check_traffic(current, expected)
+        predictor = current.get("status", {}).get("components", {}).get("predictor", {})
+        if percent is not None and not predictor.get("latestRolledoutRevision"):
+            # createKnativeService splits only once a revision has rolled out: the share would
+            # be ignored and the wait would run out its whole timeout for nothing.
+            raise RuntimeError(
+                f"InferenceService {namespace}/{name} has no rolled-out revision yet "
+                f"({_not_ready_reason(current) or 'its first revision is not ready'}): KServe "
+                f"ignores canaryTrafficPercent {percent} until one took all traffic; nothing "
+                "changed. Wait for `kubectl get isvc` to show READY True, then retry"
+            )
         body = from_dict(current)
         # The server owns status and managedFields; resourceVersion stays, so a concurrent
         # change makes the replace fail (409) and it is redone on a fresh read.

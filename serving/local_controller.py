@@ -4,7 +4,10 @@
 would: a change to the predictor creates a new revision (``<name>-predictor-00002``), and
 ``spec.predictor.canaryTrafficPercent`` splits traffic between that latest revision and the
 last rolled-out one (tag ``prev``). The first revision takes all traffic. A revision becomes
-*rolled out* when it gets 100%. The local model server (``mlops serve``) reads this state.
+*rolled out* when it gets 100%; a rollback of the rolled-out latest revision re-points the
+rolled-out revision at the one before it, as KServe's ``PropagateStatus`` does, so a later
+deploy splits with the revision that serves, never with the one rolled back. The local model
+server (``mlops serve``) reads this state.
 
 A revision whose model the server cannot load is recorded as failed (``mark_revision_failed``):
 it keeps its share of traffic in the status (requests routed to it get 503 until it loads, as a
@@ -16,7 +19,10 @@ local server.
 
 State lives in ``<state dir>/serving/<name>.yaml``: the InferenceService with its status, the
 revisions (what each one serves, and why one failed), and the local server's address. Writers
-hold a file lock and replace the file atomically, so a reader never sees half a state.
+hold a file lock and replace the file atomically, so a reader never sees half a state; each
+write bumps ``metadata.resourceVersion``, and ``set_canary_percent`` can be made conditional on
+it and on the traffic the writer last set (a rollout's writes are; a human's are not).
+``rollout_lock`` is the other lock: one rollout of an InferenceService at a time.
 """
 
 from __future__ import annotations
@@ -33,7 +39,14 @@ from typing import Any
 
 import yaml
 
-from serving.inference_service import MODEL_VERSION_LABEL, check_canary_percent, to_dict
+from serving.inference_service import (
+    MODEL_VERSION_LABEL,
+    RolloutLockedError,
+    TrafficSpec,
+    check_canary_percent,
+    check_traffic,
+    to_dict,
+)
 
 
 class NotDeployedError(LookupError):
@@ -54,6 +67,10 @@ class StateFileError(ValueError):
 
 class RevisionFailedError(ValueError):
     """A change would give all traffic to a revision whose model failed to load."""
+
+
+class ConflictError(RuntimeError):
+    """A conditional write found another ``resourceVersion``: someone wrote in between."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,8 @@ def check_state(state: Any, path: Path) -> None:
 
 
 def _write_state(state: dict[str, Any], path: Path) -> None:
+    metadata = state["inferenceService"]["metadata"]
+    metadata["resourceVersion"] = str(int(metadata.get("resourceVersion") or 0) + 1)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(yaml.safe_dump(state, sort_keys=False))
     os.replace(tmp, path)
@@ -215,14 +234,31 @@ def apply(isvc: Any, state_dir: Path) -> dict[str, Any]:
         return _reconcile(copy.deepcopy(desired), state, path)
 
 
-def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[str, Any]:
+def set_canary_percent(
+    name: str,
+    percent: int | None,
+    state_dir: Path,
+    *,
+    expected: TrafficSpec | None = None,
+    if_version: str | None = None,
+) -> dict[str, Any]:
     """Change ``canaryTrafficPercent`` (``None`` removes it) and reconcile, as a replace would.
 
     ``None`` is *promote* (latest takes all traffic), ``0`` is *rollback* (all traffic back to
     the previously rolled-out revision).
 
+    Args:
+        name: The InferenceService.
+        percent: The new share of the latest revision, or ``None``.
+        state_dir: The local state directory.
+        expected: The traffic the writer last set; another one found means someone else
+            changed it (``None``: write whatever is there, as a human's command does).
+        if_version: The ``metadata.resourceVersion`` the writer read (``None``: any).
+
     Raises:
         ValueError: When ``percent`` is outside 0..100.
+        TrafficChangedError: When the traffic is not ``expected`` (nothing is changed).
+        ConflictError: When the state is not at ``if_version`` (nothing is changed).
         RevisionFailedError: When the revision that would take all traffic failed to load
             (nothing is changed).
     """
@@ -230,24 +266,48 @@ def set_canary_percent(name: str, percent: int | None, state_dir: Path) -> dict[
     path = state_path(name, state_dir)
     with _locked(path):
         state = read_state(name, state_dir)
-        desired = _desired(state)
-        predictor = desired["spec"]["predictor"]
-        if percent is None:
-            predictor.pop("canaryTrafficPercent", None)
-        else:
-            predictor["canaryTrafficPercent"] = percent
-        traffic = _traffic(desired, state["inferenceService"]["status"]["components"]["predictor"])
-        for target in traffic:
-            failed = state["revisions"][target["revisionName"]].get("failed")
-            if target["percent"] == 100 and failed:
-                action = {None: "promote", 0: "rollback"}.get(percent, "this change")
-                raise RevisionFailedError(
-                    f"{action} would send all traffic of {name!r} to revision "
-                    f"{target['revisionName']!r}, which failed to load ({failed['reason']}); "
-                    "nothing changed. Fix its model, wait for `mlops serve` to load it "
-                    "(`mlops get` shows READY True), or deploy a new version"
-                )
+        check_traffic(state["inferenceService"], expected)
+        found = str(state["inferenceService"]["metadata"].get("resourceVersion", ""))
+        if if_version is not None and found != if_version:
+            raise ConflictError(
+                f"InferenceService {name!r} changed since it was read (resourceVersion "
+                f"{found}, read at {if_version})"
+            )
+        desired = _changed(name, percent, state)
         return _reconcile(desired, state, path)
+
+
+def check_change(name: str, percent: int | None, state_dir: Path) -> None:
+    """Refuse, without changing anything, what ``set_canary_percent`` would refuse.
+
+    Raises:
+        NotDeployedError: When nothing named ``name`` is deployed.
+        RevisionFailedError: When all traffic would go to a revision that failed to load.
+    """
+    check_canary_percent(percent)
+    _changed(name, percent, read_state(name, state_dir))
+
+
+def _changed(name: str, percent: int | None, state: dict[str, Any]) -> dict[str, Any]:
+    """The desired InferenceService with ``percent``; refused if a failed revision gets all."""
+    desired = _desired(state)
+    predictor = desired["spec"]["predictor"]
+    if percent is None:
+        predictor.pop("canaryTrafficPercent", None)
+    else:
+        predictor["canaryTrafficPercent"] = percent
+    traffic = _traffic(desired, state["inferenceService"]["status"]["components"]["predictor"])
+    for target in traffic:
+        failed = state["revisions"][target["revisionName"]].get("failed")
+        if target["percent"] == 100 and failed:
+            action = {None: "promote", 0: "rollback"}.get(percent, "this change")
+            raise RevisionFailedError(
+                f"{action} would send all traffic of {name!r} to revision "
+                f"{target['revisionName']!r}, which failed to load ({failed['reason']}); "
+                "nothing changed. Fix its model, wait for `mlops serve` to load it "
+                "(`mlops get` shows READY True), or deploy a new version"
+            )
+    return desired
 
 
 def _traffic(desired: dict[str, Any], predictor_status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -286,6 +346,8 @@ def _reconcile(
     metadata = desired["metadata"]
     metadata["creationTimestamp"] = previous.get("metadata", {}).get("creationTimestamp", _now())
     metadata["generation"] = previous.get("metadata", {}).get("generation", 0) + int(spec_changed)
+    # Carried over (a deploy's new object has none), so _write_state bumps it, never restarts it.
+    metadata["resourceVersion"] = previous.get("metadata", {}).get("resourceVersion", "0")
 
     latest = predictor_status.get("latestCreatedRevision")
     if latest is None or revisions[latest]["template"] != _template(desired):
@@ -303,6 +365,19 @@ def _reconcile(
     server = (state or {}).get("server")
     namespace = metadata.get("namespace", "default")
     url = server["url"] if server else _cluster_url(name, namespace)
+    # A rollback of the rolled-out latest revision (after a promote, or a canary set to 100)
+    # re-points the rolled-out revision at the one before it, as KServe's PropagateStatus
+    # does (kserve v0.20.0 pkg/apis/serving/v1beta1/inference_service_status.go): a later
+    # deploy then splits with the revision that serves, not with the one rolled back.
+    canary = desired["spec"]["predictor"].get("canaryTrafficPercent")
+    previous_rolled_out = predictor_status.get("previousRolledoutRevision")
+    if (
+        predictor_status.get("latestRolledoutRevision") == latest
+        and canary is not None
+        and canary < 100
+        and previous_rolled_out
+    ):
+        predictor_status["latestRolledoutRevision"] = previous_rolled_out
     # A failed revision keeps its share: moving it to the other revision would roll out a
     # canary nobody promoted. Requests routed to it get 503 until the server loads it.
     traffic = _traffic(desired, predictor_status)
@@ -478,6 +553,39 @@ def forget_server(name: str, url: str, state_dir: Path) -> None:
         namespace = isvc.get("metadata", {}).get("namespace", "default")
         _set_urls(isvc.setdefault("status", {}), name, _cluster_url(name, namespace), local=False)
         _write_state(state, path)
+
+
+@contextlib.contextmanager
+def rollout_lock(name: str, state_dir: Path) -> Iterator[None]:
+    """Hold the one rollout lock of ``name`` while the block runs; refuse if another holds it.
+
+    A ``flock`` on ``<state dir>/serving/<name>.rollout.lock``: the kernel releases it when the
+    holder exits, however it exits, so a killed rollout never leaves a stale lock. The file
+    names the holder (pid, start time) for the message.
+
+    Raises:
+        RolloutLockedError: When another process holds the lock (nothing is changed).
+    """
+    path = state_path(name, state_dir).with_suffix(".rollout.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read(200).strip() or "another process"
+            raise RolloutLockedError(
+                f"another rollout of {name!r} is running ({holder}): the lock {path} is held; "
+                "wait for it to end, or stop it (Ctrl-C, or `mlops promote` / `mlops rollback`)"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, started {_now()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
 
 
 def traffic_targets(state: dict[str, Any]) -> list[TrafficTarget]:

@@ -25,7 +25,15 @@ from kserve.utils.numpy_codec import from_np_dtype
 from kserve.utils.utils import get_predict_response
 
 from serving.drift import DriftMonitor, sample_rows
-from serving.inputs import request_matrix, wants_probabilities
+from serving.features import (
+    CATEGORICAL,
+    DATAFRAME,
+    FeatureSchema,
+    as_labels,
+    label_datatype,
+    schema_of,
+)
+from serving.inputs import ModelInput, request_input, wants_probabilities
 from serving.observability import current_request, record_predictions
 
 
@@ -58,6 +66,8 @@ class RevisionModel(Model):
         self.revision = revision
         self.ready = False
         self.feature_names: list[str] = []
+        self.schema = FeatureSchema([])
+        self.label_datatype = "INT64"
         self.metadata: dict[str, Any] = {}
         self.drift: DriftMonitor | None = None
         self.classes: frozenset[str] = frozenset()
@@ -89,10 +99,17 @@ class RevisionModel(Model):
                 f"{self.revision.storage_uri}: metadata.json lists {len(feature_names)} "
                 f"feature_names but the model takes {n_features} features"
             )
+        schema = schema_of(metadata, feature_names, model)
         reference = metadata.get("reference_statistics")
-        self.drift = DriftMonitor(feature_names, reference, self.labels) if reference else None
-        self.classes = frozenset(str(c) for c in getattr(model, "classes_", np.array([])).tolist())
+        numeric = schema.numeric_names
+        self.drift = (
+            DriftMonitor(numeric, reference, self.labels) if reference and numeric else None
+        )
+        classes = np.asarray(getattr(model, "classes_", np.array([])))
+        self.label_datatype = label_datatype(metadata, classes)
+        self.classes = frozenset(str(c) for c in as_labels(classes, self.label_datatype).tolist())
         self._model, self.metadata, self.feature_names = model, metadata, feature_names
+        self.schema = schema
         self.ready = True
         return self.ready
 
@@ -115,26 +132,28 @@ class RevisionModel(Model):
             InvalidInput: When the request is malformed (the message says how).
             InferenceError: When the model itself fails.
         """
-        matrix = request_matrix(payload, self.feature_names)
+        given = self.model_input(payload)
         probabilities = wants_probabilities(payload)
         if probabilities and not hasattr(self._model, "predict_proba"):
             raise InvalidInput(f"{type(self._model).__name__} has no predict_proba")
         try:
-            # request_matrix has checked every value is finite: scikit-learn need not again.
-            with sklearn.config_context(assume_finite=True):
+            with self._sklearn_config():
                 result: np.ndarray = (
-                    self._model.predict_proba(matrix)
+                    self._model.predict_proba(given.model_input)
                     if probabilities
-                    else self._model.predict(matrix)
+                    else as_labels(self._model.predict(given.model_input), self.label_datatype)
                 )
         except Exception as err:  # scikit-learn raises many types; the server maps this to 500
             raise InferenceError(f"{self.revision.name}: {type(err).__name__}: {err}") from err
         if self.drift is not None:
-            self.drift.observe(matrix)
-        self._record(matrix, result, probabilities)
+            # Drift bins hold numbers: a row with a missing numeric value is left out.
+            complete = given.numeric[~np.isnan(given.numeric).any(axis=1)]
+            if len(complete):
+                self.drift.observe(np.ascontiguousarray(complete))
+        self._record(given, result, probabilities)
         info = current_request()
         if info is not None:
-            info.rows = len(matrix)
+            info.rows = given.rows
         if isinstance(payload, InferRequest):
             return self._v2_response(payload, result)
         return get_predict_response(payload, result, self.name)
@@ -144,22 +163,37 @@ class RevisionModel(Model):
         """``(model, revision, model_version)``: the labels of this revision's metrics."""
         return (self.name, self.revision.name, self.revision.model_version)
 
-    def predict_labels(self, matrix: np.ndarray) -> np.ndarray:
-        """The model's labels for validated rows, recording nothing (the shadow compares these)."""
-        with sklearn.config_context(assume_finite=True):
-            return np.asarray(self._model.predict(matrix))
+    def model_input(self, payload: dict[str, Any] | InferRequest) -> ModelInput:
+        """The request checked and in the model's form (matrix or DataFrame, feature order).
 
-    def _record(self, matrix: np.ndarray, result: np.ndarray, probabilities: bool) -> None:
+        Raises:
+            InvalidInput: When the request is malformed (the message says how).
+        """
+        return request_input(payload, self.schema)
+
+    def predict_labels(self, given: ModelInput) -> np.ndarray:
+        """The model's labels for a checked request, recording nothing (the shadow compares)."""
+        with self._sklearn_config():
+            return as_labels(self._model.predict(given.model_input), self.label_datatype)
+
+    def _sklearn_config(self) -> Any:
+        # Tensors are checked finite (or their NaN imputed): scikit-learn need not check again.
+        # A DataFrame holds strings and None, which only the model's own steps handle.
+        finite = self.schema.input_kind != DATAFRAME and not self.schema.allow_missing
+        return sklearn.config_context(assume_finite=finite)
+
+    def _record(self, given: ModelInput, result: np.ndarray, probabilities: bool) -> None:
         """The canary signals: predicted classes of every row, top probability of a sample."""
         proba_of = getattr(self._model, "predict_proba", None)
         if probabilities:
-            predicted = np.asarray(self._model.classes_).take(result.argmax(axis=1))
+            classes = as_labels(np.asarray(self._model.classes_), self.label_datatype)
+            predicted = classes.take(result.argmax(axis=1))
             top = sample_rows(result).max(axis=1)
         else:
             predicted, top = result, None
             if proba_of is not None:
-                sample = sample_rows(matrix)
-                with sklearn.config_context(assume_finite=True):
+                sample = _sample(given.model_input)
+                with self._sklearn_config():
                     top = proba_of(sample).max(axis=1)
         record_predictions(self.labels, self.classes, predicted, top)
 
@@ -183,9 +217,30 @@ class RevisionModel(Model):
         )
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        """The v2 metadata of the one input tensor."""
-        return [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(self.feature_names)]}]
+        """The v2 metadata of the inputs: one tensor, or one per column (the pandas codec)."""
+        if self.schema.input_kind != DATAFRAME:
+            width = len(self.feature_names)
+            return [{"name": "input-0", "datatype": "FP64", "shape": [-1, width]}]
+        return [
+            {
+                "name": name,
+                "datatype": "BYTES" if self.schema.types.get(name) == CATEGORICAL else "FP64",
+                "shape": [-1],
+                "parameters": {"content_type": "pd"},
+            }
+            for name in self.feature_names
+        ]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        """The v2 metadata of the output (labels; ``[-1, classes]`` with ``predict_proba``)."""
-        return [{"name": "output-0", "datatype": "INT64", "shape": [-1]}]
+        """The v2 metadata of the output: labels in the classes' datatype.
+
+        With ``predict_proba`` the output is FP64 ``[-1, classes]`` instead.
+        """
+        return [{"name": "output-0", "datatype": self.label_datatype, "shape": [-1]}]
+
+
+def _sample(model_input: Any) -> Any:
+    """``sample_rows`` of a matrix or a DataFrame (the probability signal's sample)."""
+    if isinstance(model_input, np.ndarray):
+        return sample_rows(model_input)
+    return model_input.iloc[sample_rows(np.arange(len(model_input)))]

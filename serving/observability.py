@@ -192,8 +192,20 @@ class ObservabilityMiddleware:
             # So KServe's own latency log and the response carry the same id.
             others = [(k, v) for k, v in scope.get("headers", []) if k != b"x-request-id"]
             scope["headers"] = [*others, (b"x-request-id", request_id.encode())]
-        _default_to_json(scope, headers)
         info = RequestInfo(request_id=request_id, model=model[:_MODEL_CHARS])
+        refused = _refused_content_type(scope, headers)
+        if refused is not None:
+            start_message, body_message = error_response(415, refused)
+            info.status, info.error = 415, refused
+            await send(
+                {
+                    **start_message,
+                    "headers": [*start_message["headers"], (b"x-request-id", request_id.encode())],
+                }
+            )
+            await send(body_message)
+            self._record(info)
+            return
         token = _CURRENT.set(info)
         error = bytearray()
 
@@ -210,6 +222,13 @@ class ObservabilityMiddleware:
 
         try:
             await self._limited(scope, receive, send_and_watch)
+        except BaseException as err:
+            # Raised past every handler: the server's last resort answers 500 (or the
+            # connection breaks off mid-answer). Either way the request failed: a 5xx here too,
+            # so the error rate sees it. The type only: an exception's text may quote values.
+            info.status = 500
+            error[:] = f"the server failed: {type(err).__name__}".encode()
+            raise
         finally:
             _CURRENT.reset(token)
             info.latency_ms = round((time.perf_counter() - start) * 1000, 3)
@@ -289,23 +308,50 @@ def _child(metric: Any, labels: tuple[str, ...]) -> Any:
     return child
 
 
-def _default_to_json(scope: Scope, headers: dict[bytes, bytes]) -> None:
-    """Read a body without ``Inference-Header-Content-Length`` as JSON, whatever its content type.
+def _refused_content_type(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
+    """Why an inference request's content type is refused (415), or None to go on.
 
-    The v2 binary-data extension says the whole body is JSON when that header is absent, and
-    ``tritonclient.http`` sends JSON requests with no content type at all; KServe's route would
-    take such a body for binary tensors and refuse it.
+    Only ``application/json``, and ``application/octet-stream`` with the binary extension's
+    ``Inference-Header-Content-Length``: a web page on any origin can post ``text/plain``,
+    form bodies (``application/x-www-form-urlencoded``, ``multipart/form-data``) and bodies
+    with no content type without a CORS preflight, so none of these may reach a model. A
+    request with no content type at all is read as JSON (``tritonclient.http`` sends none)
+    only when it does not come from a browser: no ``Origin`` and no ``Sec-Fetch-Site``.
+    A GET (v1 has none on these paths) has no body to check.
     """
-    if b"inference-header-content-length" in headers:
-        return
-    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-    if content_type in _JSON_TYPES:
-        return
+    if scope.get("method") not in ("POST", "PUT", "PATCH"):
+        return None
+    given = headers.get(b"content-type")
+    content_type = (given or b"").split(b";")[0].strip().lower()
+    binary = b"inference-header-content-length" in headers
+    allowed = _BINARY_TYPES if binary else (b"application/json",)
+    if content_type in allowed:
+        if not binary:
+            _as_json(scope)
+        return None
+    from_browser = b"origin" in headers or b"sec-fetch-site" in headers
+    if given is None and not from_browser:
+        if not binary:
+            _as_json(scope)
+        return None
+    expected = (
+        "application/octet-stream (the binary extension)"
+        if binary
+        else "application/json (or, with Inference-Header-Content-Length, application/octet-stream)"
+    )
+    return f"unsupported content type: send the request body as {expected}"
+
+
+_BINARY_TYPES = (b"application/octet-stream", b"application/json")
+
+
+def _as_json(scope: Scope) -> None:
+    """Label a JSON body ``application/json`` for KServe's route.
+
+    Without a content type KServe's route would take the body for binary tensors and refuse it.
+    """
     others = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
     scope["headers"] = [*others, (b"content-type", b"application/json")]
-
-
-_JSON_TYPES = (b"application/json", b"application/cloudevents+json", b"application/ld+json")
 
 
 def _error_message(body: bytes) -> str:

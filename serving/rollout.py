@@ -2,20 +2,29 @@
 
 ``run_rollout`` is target-neutral: it drives a ``RolloutTarget`` (set the canary's share, read
 the metrics, promote, roll back, record the outcome), so the same loop runs against the local
-server (``LocalTarget``) and a cluster. Each step it reads a ``Snapshot`` before and after the
-interval and judges the window with ``serving.canary_analysis.judge``. It never leaves a
-canary half rolled out behind it: a failed signal, too little traffic for too long, an error
-or Ctrl-C all roll back to the stable revision.
+server (``serving.local_target.LocalTarget``) and a cluster. Each step it reads a ``Snapshot``
+before and after the interval and judges the window with ``serving.canary_analysis.judge``.
+It never leaves a canary half rolled out behind it: a failed signal, too little traffic for
+too long, an error, Ctrl-C or SIGTERM all roll back to the stable revision.
+
+A canary is rolled out only by a promote: a last step of 100 is the promote itself, never a
+``canaryTrafficPercent: 100`` (KServe marks a revision rolled out as soon as it takes 100%, so
+a rollback from there would leave the canary recorded as the stable). A promote needs evidence:
+every model signal that can be computed must have been judged on at least one window with a
+stable to compare with; a step list without a step below 100 is refused before anything moves.
+
+Every traffic change is conditional on the traffic the rollout last set (``TrafficSpec``): a
+human's promote, rollback or deploy meanwhile stops the rollout ("stopped by ..."), which then
+leaves the traffic as the human set it and exits with ``EXIT_STOPPED``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from serving.canary_analysis import (
@@ -29,9 +38,20 @@ from serving.canary_analysis import (
     window,
 )
 
+# How often a window checks that the traffic is still what the rollout set.
+CHECK_EVERY_S = 5.0
 PROMOTED = "promoted"
 ROLLED_BACK = "rolled-back"
-EXIT_PROMOTED, EXIT_ERROR, EXIT_ROLLED_BACK = 0, 1, 3
+STOPPED = "stopped"
+EXIT_PROMOTED, EXIT_ERROR, EXIT_ROLLED_BACK, EXIT_STOPPED = 0, 1, 3, 4
+# The signals about the model's answers, each needed once before a promote (when computable).
+MODEL_SIGNALS = (
+    "class_divergence",
+    "class_share",
+    "probability_divergence",
+    "input_drift",
+    "shadow_agreement",
+)
 # Where the outcome is recorded on the InferenceService (an annotation, in both targets).
 OUTCOME_ANNOTATION = "mlops.example.com/rollout"
 
@@ -58,6 +78,9 @@ class RolloutTarget(Protocol):
 
     name: str
 
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Be the one rollout of this InferenceService; ``RolloutLockedError`` if another is."""
+
     def pair(self) -> CanaryPair:
         """The stable and canary revisions; ``LookupError`` when no canary is deployed."""
 
@@ -68,13 +91,19 @@ class RolloutTarget(Protocol):
         """Cumulative counts per revision, now."""
 
     def set_share(self, percent: int) -> None:
-        """Give the canary ``percent`` of the traffic (1..100), once it takes effect."""
+        """Give the canary ``percent`` of the traffic (1..99), once it takes effect.
+
+        Raises ``TrafficChangedError`` when the traffic is no longer what the rollout set.
+        """
+
+    def check(self) -> None:
+        """Raise ``TrafficChangedError`` when someone else changed the traffic."""
 
     def promote(self) -> None:
-        """Give the canary all traffic for good (aliases follow)."""
+        """Give the canary all traffic for good (aliases follow); conditional, as set_share."""
 
     def rollback(self) -> None:
-        """Give the stable revision all traffic (aliases follow)."""
+        """Give the stable revision all traffic (aliases follow); conditional, as set_share."""
 
     def record(self, outcome: dict[str, Any]) -> None:
         """Record the outcome on the InferenceService."""
@@ -85,7 +114,7 @@ class RolloutPlan:
     """The steps and the bounds of one rollout.
 
     Attributes:
-        steps: Canary shares in percent, increasing, each 1..100.
+        steps: Canary shares in percent, increasing, each 1..100; a last 100 is the promote.
         interval_s: Seconds of traffic judged per window.
         thresholds: The signal bounds (``min_requests`` and ``max_holds`` included).
     """
@@ -104,6 +133,17 @@ class RolloutPlan:
             raise ValueError(f"steps {list(self.steps)}: shares must increase")
         if not self.interval_s > 0:
             raise ValueError(f"interval {self.interval_s}: must be more than 0 seconds")
+        if not self.judged_steps:
+            raise ValueError(
+                f"steps {list(self.steps)}: no step below 100, so no window has a stable "
+                "revision to compare the canary with and a promote would have no evidence; "
+                "give shares such as 10,50,100"
+            )
+
+    @property
+    def judged_steps(self) -> tuple[int, ...]:
+        """The shares judged on a window: all but a last 100, which is the promote itself."""
+        return tuple(s for s in self.steps if s < 100)
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
@@ -175,11 +215,12 @@ class RolloutResult:
     """What a rollout did.
 
     Attributes:
-        outcome: ``promoted`` or ``rolled-back`` (``error`` when it stopped on an error).
+        outcome: ``promoted``, ``rolled-back`` or ``stopped`` (someone else changed the
+            traffic; it was left as they set it).
         reason: Why, in one line.
         pair: The revisions compared.
         steps: Every judged window.
-        exit_code: 0 promoted, 3 rolled back, 1 error.
+        exit_code: 0 promoted, 3 rolled back, 4 stopped (1: an error, raised instead).
     """
 
     outcome: str
@@ -210,11 +251,14 @@ def run_rollout(
 ) -> RolloutResult:
     """Step the canary through ``plan.steps``, judging each window; promote or roll back.
 
-    At each step the canary gets its share, the loop waits ``interval_s`` and judges the
-    window. ``hold`` (too few canary requests) waits another interval at the same share, at
-    most ``max_holds`` times, then rolls back ("not enough traffic": an unverified canary is
-    never promoted). A step where the stable revision took too few requests to compare with
-    (at 100%) is judged against the last stable window that had enough.
+    At each step below 100 the canary gets its share, the loop waits ``interval_s`` and judges
+    the window. ``hold`` (too few canary requests) waits another interval at the same share,
+    counted from the hold, at most ``max_holds`` times, then rolls back ("not enough traffic":
+    an unverified canary is never promoted). A step where the stable revision took too few
+    requests to compare with is judged against the last stable window that had enough. After
+    the last step the canary is promoted if every computable model signal was judged once on
+    a window with a stable to compare with, else rolled back ("no evidence"). When someone
+    else changes the traffic meanwhile, the rollout stops and changes nothing more.
 
     Args:
         target: Where the revisions run.
@@ -226,22 +270,42 @@ def run_rollout(
         The result; the target holds the promoted or rolled-back InferenceService.
 
     Raises:
+        RolloutLockedError: When another rollout of it runs (nothing was changed).
         LookupError: When no canary is deployed (nothing was changed).
         RolloutAborted: When a step failed (the target's error); the canary was rolled back,
             or the message says the rollback failed too.
     """
+    with target.lock():
+        return _owned_rollout(target, plan, emit, sleep)
+
+
+def _owned_rollout(
+    target: RolloutTarget,
+    plan: RolloutPlan,
+    emit: Callable[[StepRecord], None],
+    sleep: Callable[[float], None],
+) -> RolloutResult:
+    from serving.inference_service import TrafficChangedError
+
     pair = target.pair()
     reference = target.reference(pair)
     target.read_metrics()  # the server answers, before any share changes
     records: list[StepRecord] = []
     try:
         outcome, reason = _steps(target, plan, pair, reference, records, emit, sleep)
+    except TrafficChangedError as stopped:
+        return _stopped(target, pair, records, stopped)
     except KeyboardInterrupt:
-        target.rollback()  # Ctrl-C: the canary must not stay half rolled out
+        # Ctrl-C or SIGTERM: the canary must not stay half rolled out (unless a human's
+        # change is what the rollout would overwrite: then it stays).
+        with contextlib.suppress(TrafficChangedError):
+            target.rollback()
         raise
     except Exception as err:
         try:
             target.rollback()
+        except TrafficChangedError as stopped:
+            return _stopped(target, pair, records, stopped)
         except Exception as second:
             raise RolloutAborted(
                 f"the rollout stopped ({err}) and the rollback failed too ({second}): the "
@@ -269,26 +333,34 @@ def _steps(
     """Run the steps; ``(outcome, reason)``, without promoting or rolling back yet."""
     baseline: RevisionCounts | None = None
     thresholds = plan.thresholds
-    for step in plan.steps:
+    judged: set[str] = set()
+    # Predicted classes always come with an answer; the other model signals need data the
+    # target may not have (probabilities, input bins, mirrored requests): needed once seen.
+    computable = {"class_divergence", "class_share"}
+    for step in plan.judged_steps:
         target.set_share(step)
         before = target.read_metrics()
         for attempt in range(1, thresholds.max_holds + 2):
-            sleep(plan.interval_s)
+            _wait_window(target, plan.interval_s, sleep)
             after = target.read_metrics()
             counts = window(before, after)
-            before = after
+            before = after  # the next window (after a hold too) counts from here
             stable = counts.get(pair.stable)
             if stable.requests >= thresholds.min_requests:
                 baseline = stable
             elif baseline is not None:
                 stable = _with_service_counts(baseline, stable)
-            verdict = judge(stable, counts.get(pair.canary), reference, thresholds)
+            canary = counts.get(pair.canary)
+            verdict = judge(stable, canary, reference, thresholds)
             record = StepRecord(step, attempt, verdict, counts.resets, _now())
             records.append(record)
             emit(record)
+            computable |= {s.name for s in verdict.signals if s.value is not None}
             if verdict.decision == ROLLBACK:
                 return ROLLED_BACK, verdict.reason
             if verdict.decision != HOLD:
+                if stable.requests >= thresholds.min_requests:
+                    judged |= {s.name for s in verdict.signals if s.passed is not None}
                 break
         else:
             return ROLLED_BACK, (
@@ -296,7 +368,39 @@ def _steps(
                 f"in each of {thresholds.max_holds + 1} windows of {plan.interval_s:g} s "
                 f"at {step}%"
             )
-    return PROMOTED, "every signal within bounds at every step"
+    missing = [name for name in MODEL_SIGNALS if name in computable - judged]
+    # A signal that had data in some window must have been judged in one.
+    if missing:
+        return ROLLED_BACK, (
+            f"no evidence for a promote: {', '.join(missing)} never judged on a window with a "
+            f"stable to compare with ({_why_not_judged(missing, thresholds)}); lengthen "
+            "--interval or send more traffic"
+        )
+    return PROMOTED, "every signal within bounds at every step, each model signal judged"
+
+
+def _wait_window(target: RolloutTarget, interval_s: float, sleep: Callable[[float], None]) -> None:
+    """Wait out one window, checking every ``CHECK_EVERY_S`` that nobody else moved traffic.
+
+    A human's promote or rollback stops the rollout within seconds, not at the window's end.
+    """
+    remaining = interval_s
+    while remaining > 0:
+        part = min(CHECK_EVERY_S, remaining)
+        sleep(part)
+        remaining -= part
+        target.check()
+
+
+def _why_not_judged(missing: Sequence[str], thresholds: Thresholds) -> str:
+    needs = {
+        "input_drift": f"input_drift needs {thresholds.min_drift_rows} canary rows in a window",
+        "shadow_agreement": (
+            f"shadow_agreement needs {thresholds.min_shadow_requests} mirrored requests"
+        ),
+    }
+    found = [needs[name] for name in missing if name in needs]
+    return "; ".join(found) or f"each needs {thresholds.min_requests} stable requests too"
 
 
 def _with_service_counts(baseline: RevisionCounts, current: RevisionCounts) -> RevisionCounts:
@@ -311,13 +415,27 @@ def _finish(
     outcome: str,
     reason: str,
 ) -> RolloutResult:
-    if outcome == PROMOTED:
-        target.promote()
-        code = EXIT_PROMOTED
-    else:
-        target.rollback()
-        code = EXIT_ROLLED_BACK
+    from serving.inference_service import TrafficChangedError
+
+    try:
+        if outcome == PROMOTED:
+            target.promote()
+            code = EXIT_PROMOTED
+        else:
+            target.rollback()
+            code = EXIT_ROLLED_BACK
+    except TrafficChangedError as stopped:
+        return _stopped(target, pair, records, stopped)
     result = RolloutResult(outcome, reason, pair, records, code)
+    target.record(result.as_json())
+    return result
+
+
+def _stopped(
+    target: RolloutTarget, pair: CanaryPair, records: list[StepRecord], stopped: Exception
+) -> RolloutResult:
+    """Someone else changed the traffic: record it, change nothing more."""
+    result = RolloutResult(STOPPED, str(stopped), pair, records, EXIT_STOPPED)
     target.record(result.as_json())
     return result
 
@@ -344,113 +462,6 @@ def tag_version(
             "rollout.at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
-
-
-class LocalTarget:
-    """The local InferenceService state and the ``mlops serve`` that follows it."""
-
-    def __init__(
-        self,
-        name: str,
-        state_dir: Path,
-        metrics: Callable[[], str],
-        tracking_uri: str | None,
-        settle_s: float = 10.0,
-    ) -> None:
-        """Drive ``name`` under ``state_dir``.
-
-        Args:
-            name: The InferenceService name.
-            state_dir: The local state directory.
-            metrics: Returns the server's ``/metrics`` text.
-            tracking_uri: MLflow, for the aliases after promote/rollback (``None``: skip).
-            settle_s: How long the server may take to route by a new share (it polls the
-                state file every 0.5 s by default).
-        """
-        self.name = name
-        self.state_dir = state_dir
-        self._metrics = metrics
-        self.tracking_uri = tracking_uri
-        self.settle_s = settle_s
-        self._canary = ""
-
-    def _isvc(self) -> dict[str, Any]:
-        from serving import local_controller
-
-        return dict(local_controller.read_state(self.name, self.state_dir)["inferenceService"])
-
-    def pair(self) -> CanaryPair:  # noqa: D102
-        from serving import local_controller
-
-        state = local_controller.read_state(self.name, self.state_dir)
-        pair = canary_pair(state["inferenceService"], state["revisions"])
-        # At 100% the stable revision leaves the traffic status: remember who the canary is.
-        self._canary = pair.canary
-        return pair
-
-    def reference(self, pair: CanaryPair) -> dict[str, list[float]]:  # noqa: D102
-        from mlops.store import open_store, split_version_uri
-        from serving import local_controller
-        from serving.canary_analysis import reference_fractions
-
-        state = local_controller.read_state(self.name, self.state_dir)
-        uri = state["revisions"][pair.canary]["storageUri"]
-        root, model, version = split_version_uri(uri)
-        return reference_fractions(open_store(root).read_metadata(model, version))
-
-    def read_metrics(self) -> Snapshot:  # noqa: D102
-        from serving.canary_analysis import parse_exposition
-
-        return parse_exposition(self._metrics(), self.name)
-
-    def set_share(self, percent: int) -> None:  # noqa: D102
-        from serving import local_controller
-
-        # No alias moves here: champion stays on the stable revision until the promote.
-        canary = self._canary or self.pair().canary
-        local_controller.set_canary_percent(self.name, percent, self.state_dir)
-        # The server polls the state file: the window starts once it routes by the new share.
-        deadline = time.monotonic() + self.settle_s
-        while served_percent(self._metrics(), self.name, canary) != percent:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the server did not route {percent}% to {canary} within {self.settle_s:g} s "
-                    "of the change: is `mlops serve` following this state directory?"
-                )
-            time.sleep(0.1)
-
-    def promote(self) -> None:  # noqa: D102
-        self._final(None)
-
-    def rollback(self) -> None:  # noqa: D102
-        self._final(0)
-
-    def _final(self, percent: int | None) -> None:
-        from serving.deploy import set_canary_traffic
-
-        set_canary_traffic(
-            self.name, percent, "local", state_dir=self.state_dir, tracking_uri=self.tracking_uri
-        )
-
-    def record(self, outcome: dict[str, Any]) -> None:  # noqa: D102
-        from serving import local_controller
-
-        local_controller.annotate(
-            self.name, OUTCOME_ANNOTATION, json.dumps(outcome, sort_keys=True), self.state_dir
-        )
-
-
-def served_percent(metrics_text: str, model: str, revision: str) -> int | None:
-    """The share the server routes to ``revision`` (``mlops_revision_traffic_percent``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "mlops_revision_traffic_percent":
-            continue
-        for sample in family.samples:
-            if sample.labels.get("model") == model and sample.labels.get("revision") == revision:
-                return int(sample.value)
-    return None
 
 
 def canary_pair(isvc: dict[str, Any], revisions: dict[str, Any] | None = None) -> CanaryPair:

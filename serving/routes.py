@@ -24,6 +24,7 @@ from kserve.protocol.rest.v2_datamodels import InferenceRequest, InferenceRespon
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import ValidationError
 
+from serving.features import quoted
 from serving.inputs import HEADER_LENGTH, check_binary_request
 from serving.runtime import CanaryRouter, RevisionUnavailable, VersionNotFound, pinned_version
 
@@ -98,8 +99,9 @@ def _rest_response(response: InferResponse) -> dict[str, Any]:
                 "shape": output.shape,
                 "datatype": output.datatype,
                 "parameters": output.parameters or None,
-                # v2 JSON tensors are flat, row-major.
-                "data": data.ravel() if isinstance(data, np.ndarray) else data,
+                # v2 JSON tensors are flat, row-major. orjson writes numeric and bool arrays
+                # itself; an object array (BYTES: string labels) goes as a list of its values.
+                "data": _flat(data),
             }
         )
     return {
@@ -109,6 +111,14 @@ def _rest_response(response: InferResponse) -> dict[str, Any]:
         "parameters": response.parameters or None,
         "outputs": outputs,
     }
+
+
+def _flat(data: Any) -> Any:
+    if not isinstance(data, np.ndarray):
+        return data
+    if data.dtype == object or data.dtype.kind in "SU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in data.ravel().tolist()]
+    return data.ravel()
 
 
 class V2Routes:
@@ -126,10 +136,10 @@ class V2Routes:
 
     def _check(self, model_name: str, model_version: str | None) -> None:
         if model_name != self.router.name:
-            raise ModelNotFound(model_name)
+            raise ModelNotFound(quoted(model_name))
         if model_version is not None and self.router.find(model_version) is None:
             raise VersionNotFound(
-                f"model {model_name!r} has no live version {model_version!r}: live versions "
+                f"model {model_name!r} has no live version {quoted(model_version)}: live versions "
                 f"are {self.router.routes.describe()}"
             )
 
@@ -145,7 +155,7 @@ class V2Routes:
         self, raw_request: Request, raw_response: Response, model_name: str, model_version: str
     ) -> Response:
         """Infer with one revision: a store version, a revision name, ``latest`` or ``prev``."""
-        self._check(model_name, None)
+        self._check(model_name, model_version)
         body = await read_infer_body(raw_request)
         with pinned_version(model_version):
             return await self._answer(raw_request, raw_response, model_name, body)

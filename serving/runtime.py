@@ -213,11 +213,25 @@ class CanaryRouter(Model):
     def load(self) -> bool:
         """Read the state and load every revision that takes traffic.
 
+        KServe's dataplane calls this again for each request while the router is not ready
+        (no revision that takes traffic loaded): then only the revisions due for a retry are
+        loaded again (``retry_delay_s`` apart), not one load per request.
+
         Raises:
             local_controller.NotDeployedError: When the InferenceService is not deployed.
         """
-        self.refresh(force=True)
+        self.refresh(force=not self.routes.routes or self.retry_due())
         return self.ready
+
+    def retry_after_s(self) -> float:
+        """Seconds a client should wait before it tries again while nothing serves (at least 1).
+
+        The time to the next load of the failed revision with the largest share, else 1.
+        """
+        failed = [r for r in self.routes.routes if r.failure]
+        if not failed:
+            return 1.0
+        return self.next_retry_s(max(failed, key=lambda r: r.percent).model.revision.name)
 
     def start(self) -> None:
         """Start watching the state file (KServe's ModelServer calls this on registration)."""

@@ -42,7 +42,10 @@ from starlette.responses import Response
 
 from serving import local_controller
 from serving.auth import AuthMiddleware, check_exposure, is_loopback
-from serving.form import mount_form, router_schema
+from serving.docs import install_docs
+from serving.features import quoted
+from serving.form import mount_form
+from serving.form_schema import router_schema
 from serving.limits import (
     ConnectionLimits,
     ConnectionShares,
@@ -123,6 +126,29 @@ class LocalDataPlane(DataPlane):
         models = list(self.model_registry.get_models().values())
         return bool(models) and all([await model.healthy() for model in models])
 
+    def get_model_from_registry(self, name: str) -> Any:
+        """KServe's lookup, refusing an unknown name with the name cut short."""
+        self._check_served(name)
+        return super().get_model_from_registry(name)
+
+    async def get_model(self, name: str) -> Any:
+        """KServe's lookup (and lazy load), refusing an unknown name with the name cut short."""
+        self._check_served(name)
+        return await super().get_model(name)
+
+    async def model_ready(
+        self, model_name: str, disable_predictor_health_check: bool = False
+    ) -> bool:
+        """KServe's readiness of one model, refusing an unknown name with the name cut short."""
+        self._check_served(model_name)
+        return await super().model_ready(model_name, disable_predictor_health_check)
+
+    def _check_served(self, name: str) -> None:
+        # KServe puts the whole name from the URL into the 404's message and its log line
+        # (11 MB of stderr for 27k requests with long names): a name is quoted only so far.
+        if self._model_registry.get_model(name) is None:
+            raise ModelNotFound(quoted(name))
+
     def metadata(self) -> dict[str, Any]:
         """KServe's server metadata, without the model repository extension."""
         metadata: dict[str, Any] = super().metadata()
@@ -163,7 +189,7 @@ class LocalModelServer(ModelServer):
             models: The models to serve.
             sockets: Listening sockets to accept from (a forked worker's); None binds the port.
         """
-        self._register_and_check_atleast_one_model_is_ready(models)
+        self._register(models)
         rest = RESTServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
@@ -187,6 +213,47 @@ class LocalModelServer(ModelServer):
             self.setup_event_loop()
             self.register_signal_handler()
             runner.run(self._serve())
+
+    def _register(self, models: list[Any]) -> None:
+        """Register and start ``models`` even when none is ready yet.
+
+        KServe's ``ModelServer`` registers only ready models and refuses to start without one
+        (``_register_and_check_atleast_one_model_is_ready``, kserve v0.20.0
+        ``python/kserve/kserve/model_server.py``). The canary router is registered whatever its
+        revisions' state: one that failed to load is answered 503 with ``Retry-After`` and
+        loaded again by the router's retries, at start as at run time.
+        """
+        for model in models:
+            self.register_model(model)
+            model.enable_latency_logging = self.enable_latency_logging
+            model.start()
+
+
+class RetryAfterMiddleware:
+    """Add ``Retry-After`` (the router's next load) to a 503 that has none.
+
+    KServe answers 503 for a model that is not ready (``model_not_ready_handler``) without
+    saying when to come back; the router knows when it loads a failed revision again.
+    """
+
+    def __init__(self, app: Any, router: CanaryRouter) -> None:
+        """Wrap ``app``; ``router`` says when its next load is due."""
+        self.app, self.router = app, router
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # noqa: D102
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_retry_after(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    seconds = str(int(self.router.retry_after_s())).encode()
+                    message = {**message, "headers": [*headers, (b"retry-after", seconds)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_retry_after)
 
 
 async def _serve_on(rest: RESTServer, sockets: list[socket.socket]) -> None:
@@ -233,12 +300,19 @@ class ServingCollector(Collector):
         yield rows
 
 
+# A rejection's message is logged this far at most (the messages name fields, not values).
+_LOGGED_CHARS = 300
+
+
 class _NoTracebackForBadRequests(logging.Filter):
     """KServe logs every handled error with a traceback; a client's mistake needs one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], InvalidInput | ModelNotFound):
-            record.msg, record.args = "rejected request: %s", (record.exc_info[1],)
+            message = str(record.exc_info[1])
+            if len(message) > _LOGGED_CHARS:
+                message = f"{message[:_LOGGED_CHARS]}... ({len(message)} characters)"
+            record.msg, record.args = "rejected request: %s", (message,)
             record.exc_info = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
@@ -312,10 +386,12 @@ def install(
         REGISTRY.register(ServingCollector(router))
     app.include_router(V2Routes(router, dataplane).api_router())
     mount_form(app, lambda: router_schema(router))
+    install_docs(app, router.name)
     # The last added runs first: requests are logged and counted, then authenticated.
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS)
     app.add_middleware(AuthMiddleware, token=auth_token)
+    app.add_middleware(RetryAfterMiddleware, router=router)
     app.add_middleware(
         ObservabilityMiddleware,
         max_body_bytes=max_body_bytes,
@@ -441,7 +517,6 @@ def run_server(settings: ServerSettings) -> None:
 
     Raises:
         local_controller.NotDeployedError: When nothing named ``settings.name`` is deployed.
-        RuntimeError: When no revision could be loaded.
         OSError: When the port is taken.
     """
     import kserve.model_server
@@ -460,10 +535,16 @@ def run_server(settings: ServerSettings) -> None:
     router = CanaryRouter(settings.name, settings.state_dir, settings.poll_interval_s)
     router.load()
     if not router.ready:
+        # Served anyway, as at run time: 503 with Retry-After while the router retries.
         isvc = local_controller.read_state(settings.name, settings.state_dir)["inferenceService"]
         conditions = isvc.get("status", {}).get("conditions", [])
         why = "; ".join(c.get("message", "") for c in conditions if c.get("message"))
-        raise RuntimeError(f"no revision of {settings.name!r} could be loaded: {why or 'unknown'}")
+        logging.getLogger("mlops.serving").error(
+            "no revision of %r that takes traffic could be loaded (%s): serving 503 with "
+            "Retry-After and loading it again (1 s, doubling, at most 60 s apart)",
+            settings.name,
+            why or "unknown",
+        )
     shares = ConnectionShares(settings.workers) if sock is not None else None
     server = LocalModelServer(
         settings.host,

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-from serving.inputs import request_matrix
 from serving.observability import SHADOW, SHADOW_ROWS, _child
 
 logger = logging.getLogger("mlops.serving.shadow")
@@ -155,10 +154,9 @@ def compare(payload: Any, stable: Any, canary: Any) -> tuple[str, int, int]:
         ``(outcome, agreeing rows, rows)``: outcome ``agreed`` (every row), ``disagreed`` or
         ``failed`` (the canary raised; no rows compared).
     """
-    matrix = request_matrix(payload, stable.feature_names)
-    expected = stable.predict_labels(matrix)
+    expected = stable.predict_labels(stable.model_input(payload))
     try:
-        got = canary.predict_labels(request_matrix(payload, canary.feature_names))
+        got = canary.predict_labels(canary.model_input(payload))
     except Exception as err:  # a canary that cannot answer is the finding, not an error here
         logger.info("shadow request failed on %s: %s", canary.revision.name, err)
         return "failed", 0, 0

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
+from mlops.cli.options import model_name_option
 from mlops.estimators import DEFAULT_HYPERPARAMETERS, ESTIMATOR_DEFAULTS
 from mlops.parameters import GATE_METRICS
-from mlops.settings import DEFAULT_MODEL_NAME, state_dir
+from mlops.settings import state_dir
 from pipelines.compile import COMPILED as COMPILED_PIPELINE
 from pipelines.compile import COMPILED_SCORING
 
@@ -103,13 +104,8 @@ def pipeline_options(func: Any) -> Any:
             type=click.IntRange(0, 100),
             help="Traffic share of a new revision when one already serves.",
         ),
-        click.option(
-            "--model-name",
-            default=DEFAULT_MODEL_NAME,
-            show_default=True,
-            help="Model, registry and InferenceService name.",
-        ),
     ]
+    func = model_name_option()(func)
     for option in reversed(options):
         func = option(func)
     return func
@@ -126,7 +122,14 @@ def pipeline_options(func: Any) -> Any:
     help="auto: after deploying a canary, run `mlops rollout` with its defaults on the "
     "running `mlops serve` (exit 0 promoted, 3 rolled back); manual: leave the canary.",
 )
-def run(verbose: bool, rollout: str, **arguments: Any) -> None:
+@click.option(
+    "--keep-runs",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Keep the step artifacts of this many newest runs under <state dir>/pipeline_root.",
+)
+def run(verbose: bool, rollout: str, keep_runs: int, **arguments: Any) -> None:
     """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService.
 
     Writes an HTML report of the run (metrics, confusion matrix, ROC curve, the gate's
@@ -141,7 +144,7 @@ def run(verbose: bool, rollout: str, **arguments: Any) -> None:
         from mlops.cli.rollout import check_server
 
         check_server(arguments["model_name"])
-    summary = run_locally(arguments, state_dir(), verbose=verbose)
+    summary = run_locally(arguments, state_dir(), verbose=verbose, keep_runs=keep_runs)
     click.echo("")
     for key, value in sorted(summary.metrics.items()):
         if not key.startswith("baseline_"):
@@ -211,6 +214,65 @@ def compile_pipeline(output: Path, scoring_output: Path) -> None:
         click.echo(f"wrote {path}")
 
 
+def check_kfp_api(host: str) -> None:
+    """One request to KFP's health endpoint, before the client's five retried ones.
+
+    ``kfp.Client`` logs a traceback per attempt and sleeps 5 s between them when the host
+    answers but is not the KFP API; an unreachable host raises from here, and the command line
+    reports it in one line.
+
+    Raises:
+        click.ClickException: When the host answers, but not as the KFP API does.
+    """
+    import httpx
+
+    url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
+    response = httpx.get(url, timeout=10)
+    try:
+        healthy = response.status_code == 200 and isinstance(response.json(), dict)
+    except ValueError:
+        healthy = False
+    if not healthy:
+        raise click.ClickException(
+            f"{host} is not the KFP API: GET {url} answered {response.status_code} "
+            f"{response.reason_phrase}; give --host the KFP endpoint, e.g. "
+            "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8888:80` and "
+            "--host http://localhost:8888"
+        )
+
+
+def rollout_step_options(func: Any) -> Any:
+    """The pipeline's rollout-step parameters (``submit``; locally, ``run --rollout auto``)."""
+    options = [
+        click.option(
+            "--rollout-steps",
+            default="",
+            show_default=True,
+            help="Canary shares in percent, e.g. 10,50,100: the pipeline's rollout step steps "
+            "the new canary up and promotes or rolls it back. Empty: the canary waits for "
+            "`mlops promote` / `mlops rollback`.",
+        ),
+        click.option(
+            "--rollout-interval",
+            "rollout_interval_s",
+            default=60.0,
+            show_default=True,
+            type=float,
+            help="Seconds of traffic the rollout step judges per step.",
+        ),
+        click.option(
+            "--rollout-min-requests",
+            default=50,
+            show_default=True,
+            type=int,
+            help="Canary requests a window needs to be judged.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @click.command()
 @click.option(
     "--host",
@@ -219,6 +281,7 @@ def compile_pipeline(output: Path, scoring_output: Path) -> None:
     help="KFP API endpoint, e.g. http://localhost:8888 (port-forwarded ml-pipeline-ui).",
 )
 @pipeline_options
+@rollout_step_options
 @click.option(
     "--namespace",
     default="kubeflow-user",
@@ -242,7 +305,13 @@ def compile_pipeline(output: Path, scoring_output: Path) -> None:
 def submit(
     host: str, experiment: str, timeout: int, tracking_uri: str | None, **arguments: Any
 ) -> None:
-    """Submit the compiled pipeline to Kubeflow Pipelines, wait for it, print the run's URL."""
+    """Submit the compiled pipeline to Kubeflow Pipelines, wait for it, print the run's URL.
+
+    Every parameter is checked first (no run is created for a bad one); exit 0 when the run
+    succeeded, 1 when it failed, timed out or KFP cannot be reached.
+    """
+    import warnings
+
     import kfp
 
     from mlops.parameters import check_parameters
@@ -251,7 +320,11 @@ def submit(
         arguments["tracking_uri"] = tracking_uri
     arguments["deploy_target"] = "kubernetes"
     check_parameters(arguments)  # before a run is created; the pipeline checks again
-    client = kfp.Client(host=host)
+    check_kfp_api(host)
+    with warnings.catch_warnings():
+        # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": it does.
+        warnings.simplefilter("ignore", FutureWarning)
+        client = kfp.Client(host=host)
     run = client.create_run_from_pipeline_package(
         str(COMPILED_PIPELINE),
         arguments=arguments,
@@ -260,7 +333,13 @@ def submit(
     )
     url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
     click.echo(f"submitted run {run.run_id}: {url}")
-    finished = client.wait_for_run_completion(run.run_id, timeout=timeout)
+    try:
+        finished = client.wait_for_run_completion(run.run_id, timeout=timeout)
+    except TimeoutError as err:
+        raise RuntimeError(
+            f"run {run.run_id} did not finish within --timeout {timeout} s; it goes on in KFP: "
+            f"see {url}"
+        ) from err
     state = str(finished.state)
     click.echo(f"run {run.run_id} finished: {state}")
     if state != "SUCCEEDED":

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from mlops.settings import DEFAULT_MODEL_NAME
+from mlops.cli.errors import unreachable_message
+from mlops.cli.options import model_name_option
 
 
 @click.command()
 @click.argument("version", type=click.IntRange(min=1))
 @click.option("--from", "source", default="dev", show_default=True, help="Source environment.")
 @click.option("--to", "destination", default="prod", show_default=True, help="Destination.")
-@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@model_name_option()
 @click.option(
     "--environments",
     "environments_path",
@@ -27,9 +28,11 @@ def release(
 ) -> None:
     """Release VERSION of the model from one environment to another, as a new version there.
 
-    Checks the version's signature and sha256 and that it passed the source's gate, copies it
-    into the destination's store as a new version (sha256 checked again there, lineage
-    recorded), registers it in the destination's MLflow and deploys it there as a canary.
+    Checks the version's signature and sha256, that it passed the source's gate and that the
+    source's rollout promoted it (or it serves all of the source's traffic; a rolled-back
+    version is refused), claims it once in the destination's store, copies it there as a new
+    version (sha256 checked again there, lineage recorded), registers it in the destination's
+    MLflow and deploys it there as a canary. A version is released once.
     """
     from mlops.environments import environment
 
@@ -48,8 +51,10 @@ def release(
         done = release_version(model_name, version, source_env, destination_env)
     except MlflowException as err:
         # MLflow's errors are not ValueErrors: one line, not a traceback.
-        raise click.ClickException(f"MLflow refused or is unreachable: {err.message}") from err
+        unreachable = unreachable_message(err, "release")
+        raise click.ClickException(unreachable or f"MLflow refused: {err.message}") from err
     click.echo(f"gate:       {done.lineage['source_gate_reason']}")
+    click.echo(f"rollout:    {done.lineage['source_rollout']}")
     click.echo(f"sha256:     {done.sha256} (checked in {done.source} and {done.destination})")
     click.echo(f"version:    {done.destination} version {done.version} at {done.storage_uri}")
     click.echo(f"registered: MLflow version {done.mlflow_version} ({destination_env.tracking_uri})")

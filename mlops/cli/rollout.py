@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from mlops.cli.deployments import NAMESPACE_OPTION, TARGET_OPTION
-from mlops.settings import DEFAULT_MODEL_NAME, default_store_uri, default_tracking_uri, state_dir
+from mlops.cli.options import model_name_option
+from mlops.settings import default_store_uri, default_tracking_uri, state_dir
 from serving.canary_analysis import Thresholds
 
 _DEFAULTS = Thresholds()
@@ -39,6 +40,8 @@ _THRESHOLD_OPTIONS = (
      "Canary rows a window needs before input drift is judged."),
     ("--min-shadow-agreement", "min_shadow_agreement", click.FloatRange(0, 1),
      "Share of mirrored requests the canary must answer as the stable did."),
+    ("--min-class-share-ratio", "min_class_share_ratio", click.FloatRange(0, 1),
+     "Share of its stable share each predicted class must keep in the canary."),
 )  # fmt: skip
 
 
@@ -119,6 +122,30 @@ def _warm_registry(tracking_uri: str, name: str) -> None:
         pass
 
 
+def _terminated(signum: int, _frame: Any) -> None:
+    """SIGTERM (a CI job cancelled, ``kill``) rolls back as Ctrl-C does."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_registry(tracking_uri: str, name: str, serving: str) -> None:
+    """Refuse (one line) when a model serves but its registry is missing or empty.
+
+    ``promote``, ``rollback`` and ``rollout`` move the aliases: on a missing SQLite database
+    MLflow would silently create an empty one, and the champion would name nothing.
+
+    Raises:
+        click.ClickException: Naming the registry and the fix; nothing was changed.
+    """
+    from mlops import registry
+
+    problem = registry.registry_problem(tracking_uri, name)
+    if problem:
+        raise click.ClickException(
+            f"{problem}, but {name!r} serves {serving}: restore it (or point "
+            "MLFLOW_TRACKING_URI at the registry that holds its versions); nothing changed"
+        )
+
+
 def execute_rollout(
     name: str,
     url: str | None,
@@ -127,11 +154,19 @@ def execute_rollout(
     namespace: str = "kubeflow-user",
     **options: Any,
 ) -> None:
-    """Run the rollout of ``name``, local or in the cluster; exits 0 promoted, 3 rolled back."""
+    """Run the rollout of ``name``, local or in the cluster.
+
+    Exits 0 promoted, 3 rolled back, 4 stopped by someone else's traffic change, 1 on an
+    error (another rollout holding the lock included).
+    """
+    import signal
+
     from mlops.cli.serving import _server_url, _token
     from serving.client import V2Client
+    from serving.inference_service import RolloutLockedError
+    from serving.local_target import LocalTarget
     from serving.rollout import (
-        LocalTarget,
+        STOPPED,
         RolloutPlan,
         StepRecord,
         parse_steps,
@@ -142,7 +177,10 @@ def execute_rollout(
 
     steps = parse_steps(options.pop("steps"))
     interval = float(options.pop("interval"))
-    plan = RolloutPlan(steps, interval, Thresholds(**options))
+    try:
+        plan = RolloutPlan(steps, interval, Thresholds(**options))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
     tracking_uri = default_tracking_uri()
     client: V2Client | None = None
     target: Any
@@ -163,6 +201,7 @@ def execute_rollout(
             log.write(json.dumps(record.as_json(), separators=(",", ":")) + "\n")
 
     pair = target.pair()
+    check_registry(tracking_uri, name, f"versions {pair.stable_version} and {pair.canary_version}")
     # MLflow takes seconds to import and open its store: do it while the first window runs, so
     # the promote or rollback (which moves the aliases) is not seconds late.
     threading.Thread(target=_warm_registry, args=(tracking_uri, name), daemon=True).start()
@@ -171,14 +210,19 @@ def execute_rollout(
         f"stable version {pair.stable_version} ({pair.stable}); steps {list(steps)}, "
         f"{interval:g} s each, judged on >= {plan.thresholds.min_requests} canary requests"
     )
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         result = run_rollout(target, plan, emit)
+    except RolloutLockedError as err:
+        raise click.ClickException(str(err)) from err
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if client is not None:
             client.close()
     with open(log_path, "a") as log:
         log.write(json.dumps(result.as_json(), separators=(",", ":")) + "\n")
-    tag_version(tracking_uri, name, pair.canary_version, result)
+    if result.outcome != STOPPED:  # a human's promote or rollback keeps its own tags
+        tag_version(tracking_uri, name, pair.canary_version, result)
     report = write_report(result, plan, state_dir() / "rollouts")
     colour = "green" if result.exit_code == 0 else "yellow"
     click.secho(f"{result.outcome}: {result.reason}", fg=colour, bold=True)
@@ -187,7 +231,7 @@ def execute_rollout(
 
 
 @click.command()
-@click.argument("name", default=DEFAULT_MODEL_NAME)
+@model_name_option(positional=True)
 @rollout_options
 @TARGET_OPTION
 @NAMESPACE_OPTION
@@ -199,7 +243,7 @@ def execute_rollout(
     help="File holding the server's bearer token [default: MLOPS_SERVING_TOKEN, else none].",
 )
 def rollout(
-    name: str,
+    model_name: str,
     target: str,
     namespace: str,
     url: str | None,
@@ -208,24 +252,32 @@ def rollout(
 ) -> None:
     """Step the canary of NAME up, judging each step; promote it (exit 0) or roll back (exit 3).
 
-    Each step gives the canary its share, waits --interval seconds, and compares the canary
-    with the stable revision on that window: 5xx rate, p99 latency, predicted classes and
-    probabilities, input drift, and agreement on mirrored requests. Too few canary requests
-    hold the step (at most --max-holds times). One line per step; the JSON lines go to
-    .mlops/logs/, the HTML report to .mlops/rollouts/.
+    Each step below 100 gives the canary its share, waits --interval seconds, and compares
+    the canary with the stable revision on that window: 5xx rate, p99 latency, predicted
+    classes (divergence and per-class share) and probabilities, input drift, and agreement on
+    mirrored requests. Too few canary requests hold the step (at most --max-holds times). A
+    last step of 100 is the promote; it needs every model signal judged once. A `mlops promote`
+    or `mlops rollback` meanwhile stops the rollout (exit 4), leaving the traffic as set; a
+    second rollout of NAME is refused (exit 1); Ctrl-C or SIGTERM roll back. One line per
+    step; the JSON lines go to .mlops/logs/, the HTML report to .mlops/rollouts/.
     """
-    execute_rollout(name, url, auth_token_file, target, namespace, **options)
+    execute_rollout(model_name, url, auth_token_file, target, namespace, **options)
 
 
 @click.command()
 @click.argument("version", type=click.IntRange(1))
-@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@model_name_option()
 @click.option(
     "--canary-percent",
     type=click.IntRange(0, 100),
     default=10,
     show_default=True,
     help="Share of the new revision when one already serves (the first deploy takes all).",
+)
+@click.option(
+    "--allow-rolled-back",
+    is_flag=True,
+    help="Deploy even when the version that would take the stable side was rolled back.",
 )
 @TARGET_OPTION
 @NAMESPACE_OPTION
@@ -239,14 +291,19 @@ def deploy(
     version: int,
     model_name: str,
     canary_percent: int,
+    allow_rolled_back: bool,
     target: str,
     namespace: str,
     service_account: str,
 ) -> None:
-    """Deploy store VERSION of the model, as a canary when a revision already serves."""
+    """Deploy store VERSION of the model, as a canary when a revision already serves.
+
+    Says which version takes the stable (prev) side, and refuses one whose rollout outcome
+    is rolled-back unless --allow-rolled-back.
+    """
     from mlops.cli.deployments import format_table, isvc_row
     from mlops.store import open_store
-    from serving.deploy import deploy_inference_service, sync_aliases
+    from serving.deploy import deploy_inference_service, stable_side, sync_aliases
     from serving.inference_service import PredictorSettings, payload_sink_url
 
     store = open_store(default_store_uri())
@@ -257,6 +314,9 @@ def deploy(
             f"({default_store_uri()}); versions: {available or 'none'}"
         )
     store.read_metadata(model_name, version)  # a version still being written is refused
+    side = stable_side(model_name, target, state_dir=state_dir(), namespace=namespace)
+    if side is not None:
+        _check_stable_side(model_name, version, canary_percent, side, allow_rolled_back)
     settings = PredictorSettings(
         name=model_name,
         storage_uri=store.version_uri(model_name, version),
@@ -269,6 +329,27 @@ def deploy(
     applied = deploy_inference_service(settings, target, state_dir())
     sync_aliases(default_tracking_uri(), applied, target, state_dir())
     click.echo(format_table([isvc_row(applied)]))
+
+
+def _check_stable_side(
+    name: str, version: int, percent: int, side: tuple[str, str], allow_rolled_back: bool
+) -> None:
+    """Name the version the canary splits with; refuse a rolled-back one unless allowed."""
+    from mlops import registry
+
+    revision, stable = side
+    tags = registry.version_tags(default_tracking_uri(), name, stable) if stable else {}
+    if tags.get(registry.OUTCOME_TAG) == registry.ROLLED_BACK and not allow_rolled_back:
+        why = tags.get("rollout.reason", "")
+        raise click.ClickException(
+            f"version {stable} ({revision}) would take the stable side of version {version}, "
+            f"but it was rolled back ({why[:200] or 'rollout.outcome=rolled-back'}): promote "
+            "a good version first, or pass --allow-rolled-back; nothing changed"
+        )
+    click.echo(
+        f"version {version} takes {percent}% as the canary; version {stable or '?'} "
+        f"({revision}) keeps the stable side"
+    )
 
 
 COMMANDS = [rollout, deploy]

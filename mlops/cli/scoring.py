@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mlops.settings import DEFAULT_MODEL_NAME, state_dir
+from mlops.cli.options import model_name_option
+from mlops.settings import state_dir
 
 
 @click.command(name="score")
@@ -21,7 +22,7 @@ from mlops.settings import DEFAULT_MODEL_NAME, state_dir
     type=click.IntRange(0),
     help="Store version to score with. [default: the champion]",
 )
-@click.option("--model-name", default=DEFAULT_MODEL_NAME, show_default=True)
+@model_name_option()
 @click.option(
     "--id-column",
     default="",

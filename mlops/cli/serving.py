@@ -6,10 +6,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from mlops.settings import DEFAULT_MODEL_NAME, state_dir
+from mlops.cli.options import model_name_option
+from mlops.settings import state_dir
+from serving.canary_analysis import Thresholds
 
 _DEFAULT_URL = "http://127.0.0.1:8080"
 _URL = click.option(
@@ -18,9 +21,7 @@ _URL = click.option(
     help="Model server base URL [default: MLOPS_SERVING_URL, else the URL `mlops serve` "
     f"recorded in the state, else {_DEFAULT_URL}].",
 )
-_NAME = click.option(
-    "--name", default=DEFAULT_MODEL_NAME, show_default=True, help="InferenceService / model name."
-)
+_NAME = model_name_option()
 _TOKEN_FILE = click.option(
     "--auth-token-file",
     type=click.Path(path_type=Path),
@@ -109,7 +110,7 @@ def _server_url(url: str | None, name: str) -> str:
     help="Processes serving the port; 1 serves from this process [default: the number of CPUs].",
 )
 def serve(
-    name: str,
+    model_name: str,
     host: str,
     port: int,
     poll_interval: float,
@@ -122,7 +123,7 @@ def serve(
     max_connections: int,
     workers: int | None,
 ) -> None:
-    """Serve the local InferenceService NAME (v1, v2, /metrics) until interrupted.
+    """Serve the local InferenceService --model-name (v1, v2, /metrics) until interrupted.
 
     Reads the state `mlops run` deployed and follows `mlops promote` / `mlops rollback`
     without a restart. One JSON line per request goes to stdout; server logs go to stderr.
@@ -137,6 +138,7 @@ def serve(
     """
     from serving.workers import default_workers, use_private_metrics_dir
 
+    name = model_name
     workers = default_workers() if workers is None else workers
     # Metrics that add up across workers: set before prometheus_client is imported.
     metrics_dir = use_private_metrics_dir() if workers > 1 else None
@@ -185,46 +187,84 @@ def serve(
 @_TOKEN_FILE
 def predict(
     file: Path,
-    name: str,
+    model_name: str,
     url: str | None,
     proba: bool,
     version: str | None,
     label_column: str,
     auth_token_file: Path | None,
 ) -> None:
-    """Send the rows of FILE (CSV with a header, or JSON) as one v2 request; print the answer."""
-    from serving.client import V2Client, read_rows
+    """Send the rows of FILE (CSV with a header, Parquet, or JSON) as one v2 request.
+
+    Prints which version answered, then a tab-separated table: a header (with --proba, one
+    column per class, named by the model's class names), then one line per row.
+    """
+    from serving.client import V2Client, class_names, prediction_lines, read_rows
 
     rows = read_rows(file, label_column)
-    with V2Client(_server_url(url, name), name, token=_token(auth_token_file)) as client:
+    server = _server_url(url, model_name)
+    with V2Client(server, model_name, token=_token(auth_token_file)) as client:
         answer = client.infer(rows, probabilities=proba, version=version)
     click.echo(
         f"model {answer.model_name} version {answer.model_version} answered "
         f"{len(answer.outputs)} rows (request {answer.request_id})"
     )
-    for index, output in enumerate(answer.outputs):
-        shown = ", ".join(f"{p:.4f}" for p in output) if isinstance(output, list) else output
-        click.echo(f"{index}\t{shown}")
+    first = answer.outputs[0] if answer.outputs else None
+    count = len(first) if isinstance(first, list) else 0
+    metadata = _version_metadata(model_name, answer.model_version)
+    classes = class_names(metadata, count or len((metadata or {}).get("classes") or []))
+    for line in prediction_lines(answer, classes):
+        click.echo(line)
+
+
+def _version_metadata(model_name: str, version: str) -> dict[str, Any] | None:
+    """The ``metadata.json`` of the version that answered, from the store, if it is readable.
+
+    Only for display (class names): a store this machine cannot read leaves the columns
+    numbered rather than failing a prediction that succeeded.
+    """
+    from mlops.settings import default_store_uri
+    from mlops.store import open_store
+
+    if not version.isdigit():
+        return None
+    try:
+        return dict(open_store(default_store_uri()).read_metadata(model_name, int(version)))
+    except Exception:  # noqa: BLE001 - any reason means: no names to show
+        return None
 
 
 @click.command()
 @_NAME
 @_URL
 @click.option("--top", default=10, show_default=True, type=int, help="Features shown per revision.")
+@click.option(
+    "--min-rows",
+    default=Thresholds.min_drift_rows,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rows a revision needs before its PSI gets a verdict (the rollout's --min-drift-rows).",
+)
 @_TOKEN_FILE
-def drift(name: str, url: str | None, top: int, auth_token_file: Path | None) -> None:
-    """Print the PSI of served inputs vs the training data, per revision and feature.
+def drift(
+    model_name: str, url: str | None, top: int, min_rows: int, auth_token_file: Path | None
+) -> None:
+    """Print the PSI of served inputs vs the training data, per revision and numeric feature.
 
-    PSI below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a significant one. Read
-    from the running server's /metrics (statistics since it started).
+    PSI below 0.1 is stable, 0.1 to 0.25 a moderate shift, above 0.25 a significant one. Below
+    --min-rows rows a revision reads "not enough rows (N of M needed)" instead: the PSI of a
+    few rows is noise. Read from the running server's /metrics (statistics since it started).
     """
     from serving.client import V2Client, format_drift, parse_drift
 
-    with V2Client(_server_url(url, name), name, token=_token(auth_token_file)) as client:
-        report = parse_drift(client.metrics(), name)
+    server = _server_url(url, model_name)
+    with V2Client(server, model_name, token=_token(auth_token_file)) as client:
+        report = parse_drift(client.metrics(), model_name)
     if not report:
-        raise click.ClickException(f"the server reports no drift statistics for model {name!r}")
-    click.echo(format_drift(report, top))
+        raise click.ClickException(
+            f"the server reports no drift statistics for model {model_name!r}"
+        )
+    click.echo(format_drift(report, top, min_rows))
 
 
 COMMANDS = [serve, predict, drift]

@@ -41,3 +41,23 @@ class FailingModel:
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray:
         raise RuntimeError("injected fault: this model cannot predict")
+
+
+class ProbabilitiesFail:
+    """Predicts labels, but ``predict_proba`` raises a plain ``RuntimeError``.
+
+    The server computes the probability signal on a sample after the prediction, outside the
+    model's own error handling: the exception goes past every handler, as the orjson fast path's
+    ``TypeError`` did (issue 17 item 5).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.classes_ = model.classes_
+        self.n_features_in_ = model.n_features_in_
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict(rows))
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray:
+        raise RuntimeError("injected fault in the probability signal")

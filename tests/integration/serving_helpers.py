@@ -191,3 +191,22 @@ def wait_for(condition: Any, timeout_s: float = 10.0, interval_s: float = 0.05) 
             return value
         time.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def register_versions(home: Path, tmp: Path, versions: range | list[int]) -> None:
+    """Register store ``versions`` in the state directory's MLflow, as `mlops run` does.
+
+    `mlops promote` and `mlops rollback` refuse while a model serves and the registry is
+    missing or empty; tests that deploy with ``deploy`` directly register with this first.
+    """
+    from mlops import registry
+
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
+    logged = tmp / "logged.joblib"
+    if not logged.exists():
+        joblib.dump(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), logged)
+    store = LocalStore(home / "store")
+    for version in versions:
+        run_id = registry.log_training_run(tracking_uri, NAME, {}, {"f1": 0.9}, logged, {})
+        uri = store.version_uri(NAME, version)
+        registry.register_version(tracking_uri, NAME, run_id, version, uri)

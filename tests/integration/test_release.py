@@ -34,21 +34,34 @@ def _split(state: dict) -> dict[str, int]:
     return {t.model_version: t.percent for t in local_controller.traffic_targets(state)}
 
 
-def _dev_version(home: Path, model_file: Path, *, deploy: bool, reason: str) -> int:
-    """Publish a dev version as the upload step does, from a run whose gate said ``deploy``."""
+def _dev_version(
+    home: Path, model_file: Path, *, deploy: bool | None, reason: str,
+    outcome: str | None = "promoted", run_id: str | None = None,
+) -> int:
+    """Publish a dev version as the upload step does, from a run whose gate said ``deploy``.
+
+    ``outcome``: the ``rollout.outcome`` tag dev's rollout left on it (``None``: no rollout);
+    ``deploy=None``: a run with no gate decision at all; ``run_id``: name that run instead of
+    logging a new one.
+    """
     tracking = f"sqlite:///{home / 'mlflow.db'}"
-    run_id = registry.log_training_run(
+    gate = {} if deploy is None else {"deploy": str(deploy)}
+    run_id = run_id or registry.log_training_run(
         tracking, MODEL, params={}, metrics={"accuracy": 0.95}, model_path=model_file,
-        tags={"deploy": str(deploy), "reason": reason},
+        tags={**gate, "reason": reason},
     )
     store = LocalStore(home / "store")
     metadata = {**store.read_metadata(MODEL, 1), "sha256": sha256_file(model_file),
                 "mlflow_run_id": run_id}
     metadata.pop(signing.SIGNATURE_FIELD)
     version = store.publish(MODEL, model_file, metadata)
-    if deploy:  # the deploy step registers what upload published; a gated run publishes nothing
+    if deploy and registry.version_of_run(tracking, MODEL, run_id) is None:
+        # the deploy step registers what upload published; a gated run publishes nothing
         registry.register_version(tracking, MODEL, run_id, version,
                                   store.version_uri(MODEL, version))
+    if deploy and outcome:  # as serving.rollout.tag_version records a rollout's end
+        registry.tag_version(tracking, MODEL, version, {
+            "rollout.outcome": outcome, "rollout.reason": f"{outcome} at step 50"})
     return version
 
 
@@ -112,10 +125,23 @@ def released(tmp_path_factory: pytest.TempPathFactory, breast_cancer: Any) -> di
         edited["metrics"]["accuracy"] = 1.0
         meta_path.write_text(json.dumps(edited))
         tampered_metadata = _release(resigned_version)
+        rolled_back = _release(_dev_version(home, _model_file(root, breast_cancer, 8.0),
+                                            deploy=True, reason="ok", outcome="rolled-back"))
+        unrolled = _release(_dev_version(home, _model_file(root, breast_cancer, 16.0),
+                                         deploy=True, reason="ok", outcome=None))
+        undecided = _release(_dev_version(home, _model_file(root, breast_cancer, 32.0),
+                                          deploy=None, reason="no gate ran"))
+        # A second version that names version 2's gated run, which registered version 2 only.
+        run_of_2 = json.loads((home / "store" / MODEL / str(version_2) / "metadata.json")
+                              .read_text())["mlflow_run_id"]
+        other_version = _release(_dev_version(home, _model_file(root, breast_cancer, 64.0),
+                                              deploy=True, reason="ok", run_id=run_of_2))
         after_refusals = local_controller.read_state(MODEL, prod)
     return {"home": home, "prod": prod, "run": run, "first": first, "second": second,
             "again": again, "ungated": ungated, "unrun": unrun, "tampered_file": tampered_file,
             "tampered_metadata": tampered_metadata, "version_2": version_2,
+            "rolled_back": rolled_back, "unrolled": unrolled, "undecided": undecided,
+            "other_version": other_version,
             "dev_state": dev_state, "after_first": after_first, "after_second": after_second,
             "after_refusals": after_refusals, "dev_after": local_controller.read_state(MODEL, home)}
 
@@ -203,6 +229,45 @@ def test_an_ungated_version_is_refused_with_the_gates_reason(released: dict) -> 
     assert "never passed dev's gate: its metadata.json names no MLflow run" in unrun.output
 
 
+def test_a_version_dev_rolled_back_is_refused_with_the_rollouts_reason(released: dict) -> None:
+    refused = released["rolled_back"]
+    assert refused.exit_code == 1
+    assert "was rolled back by dev's rollout (rolled-back at step 50)" in refused.output
+    assert "a release ships only a version dev promoted or serves whole" in refused.output
+
+
+def test_a_version_no_rollout_promoted_and_that_does_not_serve_everything_is_refused(
+    released: dict,
+) -> None:
+    refused = released["unrolled"]
+    assert refused.exit_code == 1
+    assert "was neither promoted by a rollout in dev nor serves all of its traffic " \
+        "(it serves version 1)" in refused.output
+    assert "`mlops rollout`" in refused.output
+
+
+def test_the_first_release_cites_that_the_version_serves_all_of_devs_traffic(
+    released: dict,
+) -> None:
+    assert "rollout:    serves 100 % in dev" in released["first"].stdout
+    assert "rollout:    promoted by dev's rollout" in released["second"].output
+
+
+def test_a_version_whose_run_records_no_gate_decision_is_refused(released: dict) -> None:
+    refused = released["undecided"]
+    assert refused.exit_code == 1
+    assert "records no gate decision (no `deploy` tag" in refused.output
+
+
+def test_a_version_other_than_the_one_its_gated_run_registered_is_refused(
+    released: dict,
+) -> None:
+    refused = released["other_version"]
+    assert refused.exit_code == 1
+    assert "is not the version its gated run" in refused.output
+    assert f"dev's registry holds version {released['version_2']} from that run" in refused.output
+
+
 def test_a_tampered_dev_version_is_refused(released: dict) -> None:
     assert released["tampered_file"].exit_code == 1
     assert "refusing to load a file that changed after upload" in released["tampered_file"].output
@@ -212,7 +277,11 @@ def test_a_tampered_dev_version_is_refused(released: dict) -> None:
 
 def test_refusals_write_nothing_to_prod(released: dict) -> None:
     assert LocalStore(released["prod"] / "store").versions(MODEL) == [1, 2]
-    assert sorted(p.name for p in (released["prod"] / "store" / MODEL).iterdir()) == ["1", "2"]
+    prod_model = released["prod"] / "store" / MODEL
+    assert sorted(p.name for p in prod_model.iterdir()) == [".markers", "1", "2"]
+    # One claim per release that went on, none for a refused one.
+    claims = {f"release-{sha256_file(prod_model / v / 'model.joblib')}" for v in ("1", "2")}
+    assert {p.name for p in (prod_model / ".markers").iterdir()} == claims
     assert released["after_refusals"] == released["after_second"]
 
 
@@ -284,3 +353,120 @@ def test_mlops_serve_of_prod_loads_both_released_versions_under_prods_key(
             assert len(answer.json()["outputs"][0]["data"]) == 3
     finally:
         server.stop()
+
+
+def _fresh_prod(released: dict, folder: Path, target: str = "local") -> Path:
+    """An environments file: the fixture's dev, and a new, empty prod under ``folder``."""
+    home = released["home"]
+    config = folder / "environments.yaml"
+    config.write_text(
+        "environments:\n"
+        f"  dev: {{store: '{home / 'store'}', tracking_uri: 'sqlite:///{home / 'mlflow.db'}',"
+        f" state_dir: '{home}'}}\n"
+        f"  prod: {{store: '{folder / 'prod' / 'store'}',"
+        f" tracking_uri: 'sqlite:///{folder / 'prod' / 'mlflow.db'}',"
+        f" state_dir: '{folder / 'prod'}', target: {target}, namespace: prod-models,"
+        " signing_key_env: MLOPS_PROD_SIGNING_KEY}\n"
+    )
+    return config
+
+
+def test_two_concurrent_releases_of_one_version_make_one_prod_version(
+    released: dict, tmp_path: Path
+) -> None:
+    """Two real `mlops release` processes at once: the store's conditional create picks one."""
+    config = _fresh_prod(released, tmp_path)
+    env = {**os.environ, "MLOPS_PROD_SIGNING_KEY": PROD_KEY}
+    command = [sys.executable, "-m", "mlops.cli", "release", "1", "--environments", str(config)]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    codes = sorted(process.returncode for process in processes)
+    assert codes == [0, 1], outputs
+    refused = next(out for out, p in zip(outputs, processes, strict=True) if p.returncode)
+    assert "a version is released once" in refused, refused
+    assert LocalStore(tmp_path / "prod" / "store").versions(MODEL) == [1]
+    assert _split(local_controller.read_state(MODEL, tmp_path / "prod")) == {"1": 100}
+
+
+def test_a_claim_left_by_a_release_that_died_is_named_with_the_way_out(
+    released: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _fresh_prod(released, tmp_path)
+    monkeypatch.setenv("MLOPS_PROD_SIGNING_KEY", PROD_KEY)
+    sha = sha256_file(released["home"] / "store" / MODEL / "1" / "model.joblib")
+    prod_store = LocalStore(tmp_path / "prod" / "store")
+    assert prod_store.create_marker(MODEL, f"release-{sha}", b'{"claimed_at": "then"}')
+    result = CliRunner().invoke(main, ["release", "1", "--environments", str(config)])
+    assert result.exit_code == 1
+    assert "is being released by another `mlops release`" in result.output
+    assert f"remove {prod_store.marker_uri(MODEL, f'release-{sha}')} and release again" \
+        in result.output
+    assert prod_store.versions(MODEL) == []
+
+
+def test_a_copy_whose_stored_sha256_differs_from_the_sources_is_refused(
+    released: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, breast_cancer: Any
+) -> None:
+    """A destination store that keeps another model (checked against its own, consistent
+    metadata) is caught by the read-back's comparison with the source's sha256."""
+    config = _fresh_prod(released, tmp_path)
+    monkeypatch.setenv("MLOPS_PROD_SIGNING_KEY", PROD_KEY)
+    other = _model_file(tmp_path, breast_cancer, 0.0625)
+    publish = LocalStore.publish
+
+    def keeps_another_model(self: LocalStore, name: str, _file: Path, metadata: dict,
+                            signing_key: bytes | None = None) -> int:
+        return publish(self, name, other, {**metadata, "sha256": sha256_file(other)},
+                       signing_key)
+
+    monkeypatch.setattr(LocalStore, "publish", keeps_another_model)
+    result = CliRunner().invoke(main, ["release", "1", "--environments", str(config)])
+    assert result.exit_code == 1
+    assert "the copy is not the released model" in result.output
+    with pytest.raises(local_controller.NotDeployedError):
+        local_controller.read_state(MODEL, tmp_path / "prod")
+
+
+def test_a_release_to_a_cluster_deploys_with_the_payload_logger(
+    released: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prod's InferenceService logs its payloads to the sink, as `mlops deploy` does, so a
+    prod rollout has signals. The cluster is the fake Kubernetes API with KServe's status
+    logic (tests/unit/kserve_status_fake.py, which cites kserve v0.20.0)."""
+    from tests.unit.kserve_status_fake import FakeCluster, serve, write_kubeconfig
+
+    config = _fresh_prod(released, tmp_path, target="kubernetes")
+    monkeypatch.setenv("MLOPS_PROD_SIGNING_KEY", PROD_KEY)
+    cluster = FakeCluster()
+    with serve(cluster) as url:
+        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(url, tmp_path / "kubeconfig")))
+        result = CliRunner().invoke(main, ["release", "1", "--environments", str(config)])
+    assert result.exit_code == 0, result.output
+    logger = cluster.objects[("prod-models", MODEL)]["spec"]["predictor"]["logger"]
+    assert logger == {"mode": "all",
+                      "url": "http://mlops-payload-sink.prod-models.svc.cluster.local/",
+                      **{k: v for k, v in logger.items() if k not in ("mode", "url")}}
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_release_claim_is_created_once_in_either_store(
+    backend: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlops.store import open_store
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://models/claims-{os.getpid()}" if backend == "s3" else str(tmp_path / "store")
+    store = open_store(uri)
+    assert store.read_marker(MODEL, "release-ab") is None
+    assert store.create_marker(MODEL, "release-ab", b'{"pid": 1}')
+    assert not store.create_marker(MODEL, "release-ab", b'{"pid": 2}')
+    assert store.read_marker(MODEL, "release-ab") == b'{"pid": 1}'
+    assert store.marker_uri(MODEL, "release-ab").endswith(f"{MODEL}/.markers/release-ab")
+    assert store.versions(MODEL) == []  # a marker is no version
+    with pytest.raises(ValueError, match="marker name"):
+        store.create_marker(MODEL, "../escape", b"")

@@ -392,8 +392,12 @@ def test_a_server_that_fails_to_start_records_no_url(
 
     home = tmp_path / ".mlops"
     version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path)
-    (Path(uri.removeprefix("file://")) / "model.joblib").write_bytes(b"not a model")
     deploy(home, version, uri)
-    result = mlops(home, "serve", "--port", str(free_port()))
-    assert result.returncode == 1 and "could be loaded" in result.stderr
+    # A revision that fails to load no longer stops a start (issue 19 item 7): a taken port
+    # does.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = mlops(home, "serve", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1 and "cannot listen on" in result.stderr, result.stderr
     assert "server" not in local_controller.read_state(NAME, home)

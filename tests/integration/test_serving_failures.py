@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,9 @@ import pytest
 from mlops.store import open_store
 from tests.integration.s3_server import S3Server
 from tests.integration.serving_helpers import (
+    MLOPS,
     NAME,
+    ServerProcess,
     deploy,
     deploy_champion_and_canary,
     fit,
@@ -85,6 +88,67 @@ def server_state(home: Path) -> dict:
     return local_controller.read_state(NAME, home)
 
 
+def _start_unready(home: Path, *extra: str) -> ServerProcess:
+    """Start `mlops serve` and wait until it answers at all (it is live, not ready)."""
+    port = free_port()
+    log, errors = home / f"requests-{port}.jsonl", home / f"server-{port}.log"
+    with open(log, "wb") as out, open(errors, "wb") as err:
+        process = subprocess.Popen(
+            [MLOPS, "serve", "--port", str(port), "--poll-interval", "0.1", *extra],
+            stdout=out, stderr=err, env={**os.environ, "MLOPS_HOME": str(home)},
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log, errors)
+
+    def live() -> bool:
+        assert process.poll() is None, f"mlops serve exited: {errors.read_text()}"
+        try:
+            return httpx.get(f"{server.url}/v2/health/live", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(live, 60, 0.1)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def test_serve_starts_when_the_only_revision_fails_to_load_and_answers_503_until_it_loads(
+    tmp_path: Path, breast_cancer: pd.DataFrame
+) -> None:
+    """As at run time: 503 with Retry-After while the retries run, then the model answers."""
+    home = tmp_path / ".mlops"
+    version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path)
+    model_file = Path(uri.removeprefix("file://")) / "model.joblib"
+    good = model_file.read_bytes()
+    model_file.write_bytes(b"not a model")
+    deploy(home, version, uri)
+    server = _start_unready(home)
+    try:
+        rows = breast_cancer.drop(columns=["target"]).to_numpy()[:2]
+        answer = httpx.post(f"{server.url}/v2/models/{NAME}/infer", json=v2_body(rows))
+        assert answer.status_code == 503, answer.text
+        assert int(answer.headers["retry-after"]) >= 1
+        pinned = httpx.post(f"{server.url}/v2/models/{NAME}/versions/1/infer", json=v2_body(rows))
+        assert pinned.status_code == 503 and int(pinned.headers["retry-after"]) >= 1
+        why = httpx.get(f"{server.url}/v2/models/{NAME}/versions/1/ready")
+        assert why.status_code == 503 and "failed to load" in why.json()["error"]
+        assert "sha256" in why.json()["error"]
+        ready = httpx.get(f"{server.url}/v2/health/ready")
+        assert ready.status_code == 503 and int(ready.headers["retry-after"]) >= 1
+        assert "serving 503 with Retry-After" in server.errors.read_text()
+        assert server_state(home)["revisions"][CHAMPION]["failed"]
+
+        model_file.write_bytes(good)  # the retries (1 s, 2 s, 4 s ...) load it
+        wait_for(lambda: httpx.post(f"{server.url}/v2/models/{NAME}/infer",
+                                    json=v2_body(rows)).status_code == 200, 30, 0.2)  # fmt: skip
+        assert "failed" not in server_state(home)["revisions"][CHAMPION]
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    finally:
+        server.stop()
+
+
 def test_a_start_without_the_store_leaves_no_lasting_failure(
     s3_server: S3Server,
     tmp_path: Path,
@@ -98,11 +162,17 @@ def test_a_start_without_the_store_leaves_no_lasting_failure(
     version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path, store=store)
     deploy(home, version, uri)
     with monkeypatch.context() as unreachable:
-        # The store's endpoint is wrong for this start (a closed loopback port).
+        # The store's endpoint is wrong for this start (a closed loopback port): the server
+        # starts and answers 503 (issue 19 item 7; it used to refuse to start).
         unreachable.setenv("MLOPS_S3_ENDPOINT", f"http://127.0.0.1:{free_port()}")
         unreachable.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-        with pytest.raises(RuntimeError, match="could be loaded"):
-            start_server(home)
+        cut_off = _start_unready(home)
+        try:
+            rows = breast_cancer.drop(columns=["target"]).to_numpy()[:3]
+            response = httpx.post(f"{cut_off.url}/v2/models/{NAME}/infer", json=v2_body(rows))
+            assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+        finally:
+            cut_off.stop()
     assert server_state(home)["revisions"][CHAMPION]["failed"]
     server = start_server(home)  # the store is reachable again: the revision loads
     try:

@@ -102,9 +102,7 @@ def test_a_hostile_request_gets_400_naming_the_problem_and_the_server_keeps_serv
     assert healthy.status_code == 200
     assert errors_with_400(canary_server) == before + 1
     line = wait_for(
-        lambda: next(
-            (x for x in canary_server.log_lines() if x["request_id"] == request_id), None
-        )
+        lambda: next((x for x in canary_server.log_lines() if x["request_id"] == request_id), None)
     )
     assert line["status"] == 400 and re.search(message, line["error"])
 
@@ -115,6 +113,8 @@ VALUE_CARRIERS: dict[str, tuple[str, dict[str, Any]]] = {
     "v2-proba": ("v2", v2_body(np.ones((1, 30)), predict_proba=SECRET)),
     "v1-instances": ("v1", {"instances": [[SECRET] * 30]}),
     "v1-proba": ("v1", {"instances": [[1.0] * 30], "parameters": {"predict_proba": SECRET}}),
+    # A made-up datatype was echoed in the refusal (issue 19 item 8).
+    "v2-datatype": ("v2", {"inputs": [{**TENSOR, "shape": [1, 30], "datatype": SECRET}]}),
 }
 
 
@@ -123,6 +123,8 @@ def test_no_request_value_reaches_the_answer_or_the_request_log(
     canary_server: Served, case: str
 ) -> None:
     protocol, body = VALUE_CARRIERS[case]
+    if case == "v2-datatype":
+        body["inputs"][0]["data"] = [1.0] * 30
     url = (
         f"{canary_server.url}/v1/models/{NAME}:predict"
         if protocol == "v1"
@@ -148,3 +150,53 @@ def test_pandas_feature_tensors_with_different_row_counts_get_400(canary_server:
     response = httpx.post(canary_server.infer_url(), json=body)
     assert response.status_code == 400, response.text
     assert "different row counts [1, 2]" in response.json()["error"]
+
+
+def _server_log(served: Served) -> str:
+    port = served.url.rsplit(":", 1)[1]
+    return (served.home / f"server-{port}.log").read_text()
+
+
+def test_a_long_unknown_model_name_is_cut_short_in_answers_and_logs(canary_server: Served) -> None:
+    name = "m" * 12_000  # under the 16 KiB header limit
+    before = len(_server_log(canary_server))
+    answers = [
+        httpx.post(f"{canary_server.url}/v2/models/{name}/infer", json=v2_body(ROWS)),
+        httpx.post(f"{canary_server.url}/v1/models/{name}:predict", json={"instances": []}),
+        httpx.get(f"{canary_server.url}/v2/models/{name}/ready"),
+        httpx.get(f"{canary_server.url}/v2/models/{name}"),
+        httpx.post(f"{canary_server.url}/v2/models/{NAME}/versions/{name}/infer", json={}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 404, answer.text
+        assert len(answer.json()["error"]) < 400, answer.text[:200]
+    assert answers[0].json()["error"].startswith("Model with name 'mmm")
+    # Five refusals of 12 KB names: a line each, not the names (11 MB for 27k requests).
+    assert len(_server_log(canary_server)) - before < 5 * 600
+    assert all(len(json.dumps(line)) < 1000 for line in canary_server.log_lines())
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+)
+def test_a_body_a_web_page_can_post_without_a_preflight_gets_415(
+    canary_server: Served, content_type: str
+) -> None:
+    body = json.dumps(v2_body(ROWS)).encode()
+    headers = {"content-type": content_type, "sec-fetch-site": "same-site"}
+    urls = [
+        canary_server.infer_url(),
+        canary_server.infer_url("2"),
+        f"{canary_server.url}/v1/models/{NAME}:predict",
+    ]
+    for url in urls:
+        response = httpx.post(url, content=body, headers=headers)
+        assert response.status_code == 415, (url, response.text)
+        assert response.json()["error"].startswith("unsupported content type: send the request")
+    # No content type from a browser either (a page's fetch() of an ArrayBuffer)...
+    refused = httpx.post(
+        canary_server.infer_url(), content=body, headers={"origin": "http://127.0.0.1:1"}
+    )
+    assert refused.status_code == 415
+    # ...but JSON without a content type from a program (tritonclient sends none) still works.
+    assert httpx.post(canary_server.infer_url(), content=body).status_code == 200

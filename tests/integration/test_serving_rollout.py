@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
 from tests.integration.serving_helpers import (
     NAME,
@@ -18,6 +18,7 @@ from tests.integration.serving_helpers import (
     free_port,
     mlops,
     publish,
+    register_versions,
     start_server,
     v2_body,
     wait_for,
@@ -29,6 +30,7 @@ def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(
 ) -> None:
     home = tmp_path / ".mlops"
     deploy_champion_and_canary(home, breast_cancer, tmp_path)
+    register_versions(home, tmp_path, [1, 2])
     server = start_server(home)
     url = f"{server.url}/v2/models/{NAME}/infer"
     body = json.dumps(v2_body(breast_cancer.drop(columns=["target"]).to_numpy()[:5]))
@@ -65,10 +67,11 @@ def test_promote_then_rollback_under_eight_concurrent_clients_fail_no_request(
         # Rollback after a promote: back to the revision rolled out before it.
         wait_for(lambda: last_versions() == {"1"})
 
-        # A new deploy splits with the last rolled-out revision (2: rollback does not change it).
+        # A new deploy splits with the revision that serves (1), never with the rolled-back 2:
+        # as in KServe, the rollback re-pointed latestRolledoutRevision at revision 1.
         version, uri = publish(home, fit(breast_cancer, 0.1), breast_cancer, tmp_path)
         deploy(home, version, uri, canary=50)
-        wait_for(lambda: last_versions() == {"2", "3"})
+        wait_for(lambda: last_versions() == {"1", "3"})
     finally:
         stop.set()
         for thread in threads:
@@ -91,6 +94,7 @@ def test_a_canary_whose_file_is_corrupt_keeps_its_share_and_answers_503_naming_i
         with open(Path(uri.removeprefix("file://")) / "model.joblib", "ab") as model_file:
             model_file.write(b"changed after upload")
         deploy(home, version, uri, canary=50)
+        register_versions(home, tmp_path, [1, 2])
 
         from serving import local_controller
 
@@ -136,21 +140,6 @@ def test_a_canary_whose_file_is_corrupt_keeps_its_share_and_answers_503_naming_i
         server.stop()
 
 
-def test_serve_refuses_to_start_when_no_revision_loads(
-    tmp_path: Path, breast_cancer: pd.DataFrame
-) -> None:
-    home = tmp_path / ".mlops"
-    version, uri = publish(home, fit(breast_cancer, 1.0), breast_cancer, tmp_path)
-    (Path(uri.removeprefix("file://")) / "model.joblib").write_bytes(b"not a model")
-    deploy(home, version, uri)
-    started = time.monotonic()
-    result = mlops(home, "serve", "--port", str(free_port()))
-    assert result.returncode == 1
-    assert "error: no revision of 'breast-cancer' could be loaded" in result.stderr
-    assert "sha256" in result.stderr
-    assert time.monotonic() - started < 60
-
-
 def test_serve_says_what_to_do_when_nothing_is_deployed(tmp_path: Path) -> None:
     result = mlops(tmp_path / ".mlops", "serve", "--port", str(free_port()))
     assert result.returncode == 1
@@ -167,3 +156,43 @@ def test_serve_says_so_when_the_port_is_taken(tmp_path: Path) -> None:
         result = mlops(tmp_path / ".mlops", "serve", "--port", str(port))
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_promote_and_rollback_refuse_when_the_registry_is_missing_while_a_model_serves(
+    tmp_path: Path, breast_cancer: pd.DataFrame, command: str
+) -> None:
+    home = tmp_path / ".mlops"
+    deploy_champion_and_canary(home, breast_cancer, tmp_path)
+    from serving import local_controller
+
+    before = local_controller.read_state(NAME, home)
+    assert not (home / "mlflow.db").exists()  # removed, or never there
+
+    result = mlops(home, command)
+
+    assert result.returncode == 1
+    message = result.stderr.strip()
+    assert message == (
+        f"Error: the MLflow registry {home / 'mlflow.db'} does not exist, but '{NAME}' serves "
+        "versions 1 and 2: restore it (or point MLFLOW_TRACKING_URI at the registry that holds "
+        "its versions); nothing changed"
+    )
+    assert not (home / "mlflow.db").exists()  # no empty registry created in its place
+    assert local_controller.read_state(NAME, home) == before
+
+
+def test_promote_refuses_an_empty_registry_while_a_model_serves(
+    tmp_path: Path, breast_cancer: pd.DataFrame
+) -> None:
+    from mlops import registry
+
+    home = tmp_path / ".mlops"
+    deploy_champion_and_canary(home, breast_cancer, tmp_path)
+    registry.prepare_local_database(f"sqlite:///{home / 'mlflow.db'}")  # tables, no versions
+
+    result = mlops(home, "promote")
+
+    assert result.returncode == 1
+    assert f"has no registered version of '{NAME}'" in result.stderr
+    assert "nothing changed" in result.stderr and "Traceback" not in result.stderr

@@ -257,7 +257,9 @@ def test_mlops_drift_prints_psi_per_feature_and_flags_shifted_inputs(
 ) -> None:
     shifted = canary_server.rows.copy()
     shifted[:, 0] = shifted[:, 0] * 3  # 'mean radius' far outside its training range
-    httpx.post(canary_server.infer_url("prev"), json=v2_body(shifted))
+    # A request adds a sample of at most 100 rows; drift gets a verdict from 200 rows on.
+    for _ in range(3):
+        httpx.post(canary_server.infer_url("prev"), json=v2_body(shifted))
     # The worker that served the rows counts them within one poll of its state watcher (0.5 s);
     # the drift request may land on another worker.
     deadline = time.monotonic() + 10
@@ -287,7 +289,8 @@ def test_mlops_predict_prints_predictions_and_the_version(canary_server: Served,
         check=True,
     )
     assert "version 1 answered 4 rows" in result.stdout
-    printed = [int(line.split("\t")[1]) for line in result.stdout.splitlines()[1:]]
+    assert result.stdout.splitlines()[1] == "row\tlabel"
+    printed = [int(line.split("\t")[1]) for line in result.stdout.splitlines()[2:]]
     assert printed == canary_server.models["1"].predict(frame_rows).tolist()
 
 
@@ -305,8 +308,9 @@ def test_mlops_predict_sends_csv_columns_by_name_and_drops_the_label(
         check=True,
     )
     assert "version 2 answered 6 rows" in result.stdout
-    printed = [[float(p) for p in line.split("\t")[1].split(", ")]
-               for line in result.stdout.splitlines()[1:]]  # fmt: skip
+    assert result.stdout.splitlines()[1] == "row\t0\t1"  # the version has no class names
+    printed = [[float(p) for p in line.split("\t")[1:]]
+               for line in result.stdout.splitlines()[2:]]  # fmt: skip
     expected = canary_server.models["2"].predict_proba(canary_server.rows[:6])
     np.testing.assert_allclose(printed, expected, atol=1e-4)
 

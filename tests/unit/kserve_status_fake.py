@@ -23,6 +23,19 @@ with an InferenceService in Knative mode, after KServe v0.20.0:
 
 Each GET of an InferenceService first runs one controller round (KServe reconciles with the
 status it has, then Knative reconciles), so successive polls see a rollout progress.
+
+- A rolled-out revision is one that took 100% as the latest ready revision: ``PropagateStatus``
+  marks it so for ``canaryTrafficPercent: 100`` as for a promote (no field), and only a
+  rollback *of the rolled-out latest revision* re-points ``latestRolledoutRevision`` at the
+  previous one (in two rounds: first the rolled-out revision, the latest itself, takes the
+  ``prev`` 100%). A canary rolled back from a share below 100 was never rolled out.
+- Leases (``coordination.k8s.io/v1``), as the API server's generic registry stores any object
+  (k8s.io/apiserver ``pkg/registry/generic/registry/store.go`` at kubernetes v1.31): create
+  answers 409 AlreadyExists for an existing name; an update carrying another
+  ``resourceVersion`` answers 409 Conflict; a delete whose ``preconditions.resourceVersion``
+  differs answers 409 Conflict. The fields are the ``LeaseSpec`` of k8s.io/api
+  ``coordination/v1/types.go`` (holderIdentity, leaseDurationSeconds, acquireTime,
+  renewTime); nothing expires them on the server: holders judge expiry themselves.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ import copy
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +59,9 @@ _PATHS = {
     ),
     "revisions": re.compile(
         r"^/apis/serving\.knative\.dev/v1/namespaces/([^/]+)/revisions(?:/([^/]+))?$"
+    ),
+    "leases": re.compile(
+        r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?$"
     ),
 }
 _TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
@@ -224,6 +240,9 @@ class FakeCluster:
         labels_held_back: inferenceservice-config's ``serviceLabelDisallowedList`` additions.
         gone_revisions: Revision names the API answers 404 for (deleted).
         faults: answers to the next requests, in order (see ``Fault``).
+        replaced: each accepted replace's ``canaryTrafficPercent`` (``None``: no field), in order.
+        writes_first: another writer's changes to an InferenceService's spec, each applied
+            just before the next replace arrives (it read before them: its replace gets 409).
         log: (method, settled) per request (``GET revisions`` for a Revision); ``settled``
             (InferenceService GETs only) says whether a further controller round would change
             nothing.
@@ -238,6 +257,9 @@ class FakeCluster:
         self.gone_revisions: set[str] = set()
         self.faults: list[Fault] = []
         self.log: list[tuple[str, bool | None]] = []
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes_first: list[Callable[[dict[str, Any]], None]] = []
+        self.replaced: list[int | None] = []
         self._lock = threading.Lock()
         self._version = 0
 
@@ -340,7 +362,9 @@ class FakeCluster:
     ) -> Response:
         """Answer one API request as the Kubernetes API server would."""
         fault = next((f for f in self.faults if (f.method, f.resource) == (method, resource)), None)
-        answer = self._answer if resource == "inferenceservices" else self._revision
+        answer = {"inferenceservices": self._answer, "leases": self._lease}.get(
+            resource, self._revision
+        )
         if fault is None:
             return answer(method, namespace, name, body)
         self.faults.remove(fault)
@@ -360,6 +384,52 @@ class FakeCluster:
             if ns == namespace and found and name not in self.gone_revisions:
                 return _json(200, found.resource(namespace, service.name))
         return _status(404, "NotFound", f'revisions.serving.knative.dev "{name}" not found')
+
+    def _lease(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
+        """The generic registry's create / get / update / delete, with resourceVersions."""
+        self.log.append((_logged(method, "leases"), None))
+        key = (namespace, name or (body or {}).get("metadata", {}).get("name", ""))
+        current = self.leases.get(key)
+        missing = _status(404, "NotFound", f'leases.coordination.k8s.io "{key[1]}" not found')
+        conflict = _status(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on leases.coordination.k8s.io "{key[1]}": the object '
+            "has been modified; please apply your changes to the latest version and try again",
+        )
+        if method == "POST":
+            if current is not None:
+                return _status(
+                    409, "AlreadyExists", f'leases.coordination.k8s.io "{key[1]}" already exists'
+                )
+            return _json(201, self._store_lease(key, body))
+        if current is None:
+            return missing
+        if method == "GET":
+            return _json(200, current)
+        if method == "PUT":
+            wanted = body["metadata"].get("resourceVersion")
+            if wanted and wanted != current["metadata"]["resourceVersion"]:
+                return conflict
+            return _json(200, self._store_lease(key, body))
+        if method == "DELETE":
+            wanted = ((body or {}).get("preconditions") or {}).get("resourceVersion")
+            if wanted and wanted != current["metadata"]["resourceVersion"]:
+                return conflict
+            del self.leases[key]
+            return _json(200, {"kind": "Status", "status": "Success"})
+        return _status(405, "MethodNotAllowed", f"{method} is not allowed here")
+
+    def _store_lease(self, key: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        self._version += 1
+        stored = {k: v for k, v in body.items() if k != "status"}
+        stored["metadata"] = {
+            **body["metadata"],
+            "namespace": key[0],
+            "resourceVersion": str(self._version),
+        }
+        self.leases[key] = stored
+        return stored
 
     def _answer(self, method: str, namespace: str, name: str | None, body: Any) -> Response:
         key = (namespace, name or body["metadata"]["name"])
@@ -383,6 +453,10 @@ class FakeCluster:
         if method == "GET":
             return _json(200, current)
         if method == "PUT":
+            if self.writes_first:
+                self.writes_first.pop(0)(current["spec"])
+                self._version += 1
+                current["metadata"]["resourceVersion"] = str(self._version)
             wanted = body["metadata"].get("resourceVersion")
             if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
                 return _status(
@@ -401,6 +475,7 @@ class FakeCluster:
                 "resourceVersion": str(self._version),
             }
             current["spec"] = body["spec"]
+            self.replaced.append(body["spec"]["predictor"].get("canaryTrafficPercent"))
             return _json(200, current)
         return _status(405, "MethodNotAllowed", f"{method} is not allowed here")
 

@@ -13,6 +13,7 @@ from serving.canary_analysis import (
     PROMOTE_STEP,
     ROLLBACK,
     RevisionCounts,
+    Snapshot,
     Thresholds,
     jensen_shannon,
     judge,
@@ -133,7 +134,8 @@ def test_a_healthy_canary_steps_up() -> None:
     [
         (counts(errors_5xx=5), "error_rate"),
         (counts(latency_buckets={0.005: 0, 0.5: 99, 1.0: 100, float("inf"): 100}), "p99_latency"),
-        (counts(classes={"0": 90, "1": 10}), "class_divergence"),
+        # Class 1 at half its stable share: a shift, not a collapse (class_share passes).
+        (counts(classes={"0": 70, "1": 30}), "class_divergence"),
         (
             counts(probability_buckets={b: (100 if b >= 0.6 else 0) for b in PROBABILITY_BUCKETS}),
             "probability_divergence",
@@ -151,9 +153,93 @@ def test_each_signal_alone_rolls_the_canary_back_and_is_named(
     assert verdict.reason.startswith(signal)
 
 
-def test_a_slower_p99_within_the_absolute_slack_is_not_a_failure() -> None:
-    slower = counts(latency_buckets={0.005: 0, 0.01: 100, float("inf"): 100})  # 2x, +5 ms
-    assert judge(counts(900), slower, REFERENCE, Thresholds()).decision == PROMOTE_STEP
+def _p99(revision: RevisionCounts) -> float:
+    found = quantile(revision.latency_buckets, 0.99)
+    assert found is not None
+    return found
+
+
+def test_a_p99_fails_only_when_both_its_ratio_and_its_absolute_increase_are_beyond_bounds() -> None:
+    fast_stable = counts(900)  # p99 5 ms
+    four_times = counts(latency_buckets={0.005: 0, 0.01: 0, 0.02: 100, float("inf"): 100})
+    assert _p99(four_times) / _p99(fast_stable) > 3.9  # clearly past the 2x ratio ...
+    assert _p99(four_times) - _p99(fast_stable) < 0.025  # ... but only 15 ms slower
+    assert judge(fast_stable, four_times, REFERENCE, Thresholds()).decision == PROMOTE_STEP
+
+    slow_stable = counts(900, latency_buckets={0.05: 0, 0.1: 900, float("inf"): 900})
+    half_again = counts(latency_buckets={0.1: 0, 0.15: 100, float("inf"): 100})
+    assert _p99(half_again) - _p99(slow_stable) > 0.045  # 50 ms slower, but only 1.5x
+    assert judge(slow_stable, half_again, REFERENCE, Thresholds()).decision == PROMOTE_STEP
+
+    both = judge(fast_stable, counts(latency_buckets={0.005: 0, 0.1: 100, float("inf"): 100}),
+                 REFERENCE, Thresholds())  # fmt: skip
+    assert both.decision == ROLLBACK and both.failing == ["p99_latency"]
+
+
+def test_a_window_of_exactly_min_requests_canary_requests_is_judged_not_held() -> None:
+    verdict = judge(counts(900), counts(50), REFERENCE, Thresholds(min_requests=50))
+    assert verdict.decision == PROMOTE_STEP, verdict.reason
+    assert judge(counts(900), counts(49), REFERENCE, Thresholds(min_requests=50)).decision == HOLD
+
+
+def test_shadow_agreement_below_its_bound_rolls_back_even_on_a_window_too_small_to_judge() -> None:
+    # 10 canary requests (50 needed) but 30 compared mirrors, a third agreeing: a hard signal.
+    small = counts(10, shadow={"agreed": 10, "disagreed": 20})
+    verdict = judge(counts(900), small, REFERENCE, Thresholds(min_requests=50))
+    assert verdict.decision == ROLLBACK and verdict.reason.startswith("shadow_agreement")
+
+
+def test_an_error_rate_increase_exactly_at_the_bound_passes() -> None:
+    at_bound = counts(errors_5xx=1)  # 1 in 100 on a stable without errors: +0.01
+    verdict = judge(counts(900), at_bound, REFERENCE, Thresholds(max_error_rate_increase=0.01))
+    error = next(s for s in verdict.signals if s.name == "error_rate")
+    assert error.value == pytest.approx(0.01) and error.passed is True
+    assert verdict.decision == PROMOTE_STEP
+    beyond = judge(counts(900), counts(errors_5xx=2), REFERENCE, Thresholds())
+    assert beyond.failing == ["error_rate"]
+
+
+@pytest.mark.parametrize(
+    "family",
+    ["latency_buckets", "classes", "probability_buckets", "input_bins", "shadow", "shadow_rows"],
+)
+def test_a_counter_reset_of_any_family_starts_a_fresh_window(family: str) -> None:
+    before = counts(1000, shadow_rows={"agreed": 500.0})
+    restarted = counts(1100, shadow_rows={"agreed": 600.0})  # every family went up ...
+    lower = {  # ... but this one, which a restarted worker counts from zero again
+        "latency_buckets": {0.005: 1.0, 0.01: 1.0, float("inf"): 1.0},
+        "classes": {"0": 1.0, "1": 1.0},
+        "probability_buckets": {b: 1.0 for b in PROBABILITY_BUCKETS},
+        "input_bins": {"f": {"0": 1.0}},
+        "shadow": {"agreed": 1.0},
+        "shadow_rows": {"agreed": 1.0},
+    }[family]
+    restarted = replace(restarted, **{family: lower})
+    found = window(Snapshot({"r": before}), Snapshot({"r": restarted}))
+    assert found.resets == ["r"]
+    assert found.get("r") == restarted  # what was counted since the restart, not a difference
+
+
+def test_a_canary_that_stops_predicting_a_class_the_stable_predicts_is_rolled_back() -> None:
+    # Imbalanced data: the stable finds the 5% positives; the canary predicts the majority only.
+    stable = counts(900, classes={"0": 855.0, "1": 45.0})
+    majority_only = counts(200, classes={"0": 200.0})
+    verdict = judge(stable, majority_only, REFERENCE, Thresholds(min_drift_rows=10))
+    by_name = {s.name: s for s in verdict.signals}
+    assert by_name["class_divergence"].passed is True  # JS 0.02: the divergence misses it
+    assert verdict.decision == ROLLBACK and verdict.failing == ["class_share"]
+    assert "1: 0/200 rows, stable share 0.050" in verdict.reason
+
+
+def test_a_class_share_dip_a_small_window_can_show_by_chance_is_not_judged_or_failed() -> None:
+    stable = counts(900, classes={"0": 855.0, "1": 45.0})
+    # 50 rows without a 5% class happen 8% of the time with the stable's own shares.
+    small = judge(stable, counts(50, classes={"0": 50.0}), REFERENCE, Thresholds())
+    share = next(s for s in small.signals if s.name == "class_share")
+    assert share.passed is None and "too few canary rows to judge 1" in share.detail
+    # 200 rows with 6 of it (3%, 0.6 of its share) are within chance: judged and passed.
+    dip = judge(stable, counts(200, classes={"0": 194.0, "1": 6.0}), REFERENCE, Thresholds())
+    assert next(s for s in dip.signals if s.name == "class_share").passed is True
 
 
 def test_too_few_canary_requests_hold_and_noisy_model_signals_do_not_roll_back() -> None:

@@ -19,7 +19,7 @@ from pipelines.local import LocalRunSummary
 def last_arguments(monkeypatch: pytest.MonkeyPatch, mlops_home: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
-    def gated_run(arguments: dict[str, Any], state_dir: Path, *, verbose: bool) -> LocalRunSummary:
+    def gated_run(arguments: dict[str, Any], state_dir: Path, **_: Any) -> LocalRunSummary:
         seen.update(arguments)
         return LocalRunSummary(
             deploy=False, reason="accuracy 0.5000 is below min_score 0.7000",

@@ -85,6 +85,7 @@ def test_the_frontend_runs_the_project_image_and_reaches_this_namespaces_isvc(
     assert settings.model_name == DEFAULT_MODEL_NAME
     assert settings.store_uri == training.CLUSTER_STORE_URI
     assert settings.host == "0.0.0.0" and settings.auth_token is None
+    assert settings.namespace == namespace  # the form is the version this namespace serves
     assert settings.max_body_bytes <= 8 * 1024 * 1024 and settings.timeout_s <= 60
 
 
@@ -102,7 +103,9 @@ def test_the_frontend_reads_the_store_as_the_read_only_user(built: list[dict[str
 
 def test_the_frontend_is_locked_down_and_bounded(built: list[dict[str, Any]]) -> None:
     pod = _find(built, "Deployment", "web-form")["spec"]["template"]["spec"]
-    assert pod["automountServiceAccountToken"] is False
+    # A token since issue 19 (the served version is read from the InferenceService): its own
+    # ServiceAccount, which test_the_frontends_token_reads_only_its_inference_service bounds.
+    assert pod["serviceAccountName"] == "web-form" and pod["automountServiceAccountToken"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     container = _container(built)
@@ -143,3 +146,43 @@ def test_the_probes_and_the_service_reach_the_port_the_frontend_listens_on(
             assert http_get["port"] == port["name"]
             answer = client.get(http_get["path"], headers={"accept": "*/*"})
             assert answer.status_code == 200 and answer.json() == {"status": "alive"}
+
+
+def test_the_frontends_token_reads_only_its_inference_service(built: list[dict[str, Any]]) -> None:
+    namespace = _namespace(built)
+    role = _find(built, "Role", "web-form")
+    assert role["metadata"]["namespace"] == namespace
+    assert role["rules"] == [
+        {
+            "apiGroups": ["serving.kserve.io"],
+            "resources": ["inferenceservices"],
+            "resourceNames": [DEFAULT_MODEL_NAME],
+            "verbs": ["get"],
+        },
+        {"apiGroups": ["serving.knative.dev"], "resources": ["revisions"], "verbs": ["get"]},
+    ]
+    binding = _find(built, "RoleBinding", "web-form")
+    assert binding["roleRef"]["name"] == "web-form"
+    subject = {"kind": "ServiceAccount", "name": "web-form", "namespace": namespace}
+    assert binding["subjects"] == [subject]
+    bound = [
+        b
+        for b in built
+        if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and {"kind": "ServiceAccount", "name": "web-form"}
+        in [{k: s[k] for k in ("kind", "name")} for s in b.get("subjects", [])]
+    ]
+    assert [b["metadata"]["name"] for b in bound] == ["web-form"]
+
+
+def test_the_frontend_checks_signatures_with_the_pipelines_key(built: list[dict[str, Any]]) -> None:
+    import base64
+
+    env = {e["name"]: e for e in _container(built)["env"]}
+    ref = env["MLOPS_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "mlops-signing-key", "key": "MLOPS_SIGNING_KEY"}
+    key = base64.b64decode(_find(built, "Secret", "mlops-signing-key")["data"]["MLOPS_SIGNING_KEY"])
+    (pipeline,) = [
+        o for o in built if o["kind"] == "Secret" and o["metadata"]["name"].startswith("mlops-s3")
+    ]
+    assert key == base64.b64decode(pipeline["data"]["MLOPS_SIGNING_KEY"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from serving import kubernetes_target
+from serving import kubernetes_lease, kubernetes_target
 from serving.deploy import (
     ServingVersions,
     deploy_inference_service,
@@ -447,3 +447,122 @@ def test_a_retried_first_deploy_that_splits_one_revision_has_no_canary(
     served = deployed_versions(NAME, "kubernetes", state_dir=tmp_path, namespace=NS)
 
     assert served == ServingVersions(stable="1", canary=None)
+
+
+def test_a_rollback_from_a_share_below_100_never_marks_the_canary_rolled_out(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    _deploy(1, tmp_path)
+    _deploy(2, tmp_path)
+    for share in (25, 50, 99):
+        kubernetes_target.set_canary_percent(NAME, NS, share, timeout_s=30)
+
+    rolled_back = kubernetes_target.set_canary_percent(NAME, NS, 0, timeout_s=30)
+
+    assert rolled_back["status"]["components"]["predictor"]["latestRolledoutRevision"] == _rev(1)
+    assert _traffic(_deploy(3, tmp_path)) == [(False, _rev(1), 90), (True, _rev(3), 10)]
+
+
+def test_ready_unknown_is_not_rolled_out() -> None:
+    written = {"spec": {"predictor": {"model": {"storageUri": _uri(2)}}}}
+    status = {
+        "components": {"predictor": {
+            "latestCreatedRevision": _rev(2), "latestReadyRevision": _rev(2),
+            "latestRolledoutRevision": _rev(2),
+            "traffic": [{"latestRevision": True, "revisionName": _rev(2), "percent": 100}]}},
+        "conditions": [{"type": "Ready", "status": "Unknown"}],
+    }  # fmt: skip
+    isvc = {"spec": written["spec"], "status": status}
+    assert kubernetes_target.rollout_missing(isvc, written, written) == "Ready is not True"
+    status["conditions"] = [{"type": "Ready", "status": "True"}]
+    assert kubernetes_target.rollout_missing(isvc, written, written) is None
+
+
+def test_a_canary_share_set_before_anything_rolled_out_fails_at_once_with_the_reason(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    import time
+
+    cluster.slow_uris[_uri(1)] = 10_000
+    with pytest.raises(RuntimeError, match=r"within 1s"):
+        _deploy(1, tmp_path, timeout_s=1)
+    puts = cluster.methods().count("PUT")
+    started = time.monotonic()
+
+    with pytest.raises(RuntimeError, match=r"has no rolled-out revision yet .*ignores") as info:
+        kubernetes_target.set_canary_percent(NAME, NS, 10, timeout_s=600)
+
+    assert time.monotonic() - started < 10
+    assert "nothing changed" in str(info.value) and "\n" not in str(info.value)
+    assert cluster.methods().count("PUT") == puts
+
+
+def test_a_conditional_write_over_a_humans_change_is_refused_and_writes_nothing(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    from serving.inference_service import TrafficChangedError, TrafficSpec
+
+    _deploy(1, tmp_path)
+    _deploy(2, tmp_path)
+    kubernetes_target.set_canary_percent(NAME, NS, 0, timeout_s=30)  # a human's rollback
+    puts = cluster.methods().count("PUT")
+
+    with pytest.raises(TrafficChangedError, match=r"^stopped by a rollback: canaryTrafficPercent"):
+        kubernetes_target.set_canary_percent(NAME, NS, 25, 30, TrafficSpec(10, _uri(2)))
+
+    assert cluster.methods().count("PUT") == puts
+    assert _stored(cluster)["spec"]["predictor"]["canaryTrafficPercent"] == 0
+
+
+def test_a_humans_promote_between_the_rollouts_read_and_write_wins(
+    cluster: FakeCluster, tmp_path: Path
+) -> None:
+    from serving.inference_service import TrafficChangedError, TrafficSpec
+
+    _deploy(1, tmp_path)
+    _deploy(2, tmp_path)
+    # The human's replace lands after the rollout read: the rollout's replace gets 409 on its
+    # resourceVersion, reads again, and finds the promote.
+    cluster.writes_first.append(lambda spec: spec["predictor"].pop("canaryTrafficPercent"))
+
+    with pytest.raises(TrafficChangedError, match=r"^stopped by a promote"):
+        kubernetes_target.set_canary_percent(NAME, NS, 25, 30, TrafficSpec(10, _uri(2)))
+
+    assert "canaryTrafficPercent" not in _stored(cluster)["spec"]["predictor"]
+    # The second deploy's replace, then the refused one and its fresh read: no third replace.
+    assert cluster.methods().count("PUT") == 2 and cluster.methods()[-2:] == ["PUT", "GET"]
+
+
+def test_one_rollout_lease_per_inference_service(cluster: FakeCluster) -> None:
+    from serving.inference_service import RolloutLockedError
+
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-a")
+    lease = cluster.leases[(NS, f"{NAME}-rollout")]
+    assert lease["spec"]["holderIdentity"] == "rollout-a"
+    assert lease["spec"]["leaseDurationSeconds"] == kubernetes_lease.LEASE_DURATION_S
+
+    held = r"Lease breast-cancer-rollout is held by rollout-a"
+    with pytest.raises(RolloutLockedError, match=held):
+        kubernetes_lease.acquire_lease(NAME, NS, "rollout-b")
+    kubernetes_lease.acquire_lease("other-model", NS, "rollout-b")  # one Lease per service
+
+    kubernetes_lease.renew_lease(NAME, NS, "rollout-a")
+    with pytest.raises(kubernetes_lease.LeaseLostError, match="held by rollout-a"):
+        kubernetes_lease.renew_lease(NAME, NS, "rollout-b")
+    kubernetes_lease.release_lease(NAME, NS, "rollout-b")  # not b's: stays
+    assert (NS, f"{NAME}-rollout") in cluster.leases
+    kubernetes_lease.release_lease(NAME, NS, "rollout-a")
+    assert (NS, f"{NAME}-rollout") not in cluster.leases
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-b")
+
+
+def test_a_lease_whose_holder_stopped_renewing_is_taken_over(cluster: FakeCluster) -> None:
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-a")
+    lease = cluster.leases[(NS, f"{NAME}-rollout")]
+    lease["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z"  # its holder died long ago
+
+    kubernetes_lease.acquire_lease(NAME, NS, "rollout-b")
+
+    assert cluster.leases[(NS, f"{NAME}-rollout")]["spec"]["holderIdentity"] == "rollout-b"
+    with pytest.raises(kubernetes_lease.LeaseLostError, match="now held by rollout-b"):
+        kubernetes_lease.renew_lease(NAME, NS, "rollout-a")

@@ -260,6 +260,8 @@ def test_the_payload_sink_is_where_the_logger_posts_and_the_rollout_reads(built:
     assert (port["name"], port["port"]) == (SINK_PORT_NAME, 80)
     deployment = _find(objects, "Deployment", PAYLOAD_SINK_SERVICE)
     assert deployment["spec"]["replicas"] == 1  # request/response pairing is in memory
+    # Never two at once, not even during an update (a rolling update starts the new pod first).
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == DEFAULT_IMAGE
     assert container["command"] == ["python", "-m", "serving.payload_sink"]
@@ -275,6 +277,8 @@ def test_the_rollout_may_read_only_the_sinks_metrics_and_create_events(built: An
     assert rules == {
         ("services/proxy", ("get",)): ["mlops-payload-sink", "mlops-payload-sink:http"],
         ("events", ("create",)): None,
+        # The rollout's Lease per InferenceService (one rollout at a time), released at the end.
+        ("leases", ("get", "create", "update", "delete")): None,
     }
     binding = _find(objects, "RoleBinding", "pipeline-runner-rolls-out-models")
     assert binding["roleRef"]["name"] == "canary-rollout"

@@ -63,11 +63,59 @@ def test_the_workflow_names_only_make_targets_that_exist(path: Path) -> None:
     assert not missing, f"{path.name} calls make targets the Makefile lacks: {missing}"
 
 
+# Each action's commit, read from the stored copy of its repository at the tag (the fetch tool's
+# mirror, `git rev-parse TAG^{commit}`): actions/checkout v5.1.0 (also tag v5),
+# actions/setup-python v5.6.0 (also v5), helm/kind-action v1.14.0, actions/upload-artifact
+# v4.6.2 (also v4). A tag can be moved; a commit SHA cannot.
+PINNED_ACTIONS = {
+    "actions/checkout": ("fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09", "v5.1.0"),
+    "actions/setup-python": ("a26af69be951a213d495a4c3e4e4022e16d87065", "v5.6.0"),
+    "helm/kind-action": ("ef37e7f390d99f746eb8b610417061a60e82a6cc", "v1.14.0"),
+    "actions/upload-artifact": ("ea165f8d65b6e75b540449e92b4886f43607fa02", "v4.6.2"),
+}
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_every_action_is_pinned_to_a_version(path: Path) -> None:
-    for step in _steps(_load(path)):
-        if "uses" in step:
-            assert re.fullmatch(r"[\w.-]+/[\w.-]+@v\d+(\.\d+){0,2}", step["uses"]), step["uses"]
+def test_every_action_is_pinned_to_a_full_commit_sha_with_its_version_beside_it(
+    path: Path,
+) -> None:
+    uses = re.findall(r"^\s*(?:- )?uses: (\S+)(.*)$", path.read_text(), re.MULTILINE)
+    assert uses
+    for reference, comment in uses:
+        action, _, sha = reference.partition("@")
+        assert re.fullmatch(r"[0-9a-f]{40}", sha), f"{reference}: not a full commit SHA"
+        assert (sha, comment.strip()) == (
+            PINNED_ACTIONS[action][0],
+            f"# {PINNED_ACTIONS[action][1]}",
+        ), f"{reference}{comment}: not the commit recorded for {action}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_checkout_keeps_the_token_in_the_working_tree(path: Path) -> None:
+    checkouts = [
+        s for s in _steps(_load(path)) if s.get("uses", "").startswith("actions/checkout@")
+    ]
+    assert checkouts
+    for step in checkouts:
+        assert step.get("with", {}).get("persist-credentials") is False, path.name
+
+
+def test_make_lint_runs_zizmor_offline_and_the_workflows_are_clean() -> None:
+    import subprocess
+    import sys
+
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^lint:.*\n((?:\t.*\n?)+)", makefile, re.MULTILINE).group(1)
+    assert "$(BIN)/zizmor --offline .github/workflows" in recipe
+    zizmor = Path(sys.executable).with_name("zizmor")
+    assert zizmor.exists(), "zizmor missing: `make setup` installs it (dev extra)"
+    result = subprocess.run(
+        [str(zizmor), "--offline", "--no-progress", str(ROOT / ".github/workflows")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ci_lints_tests_and_runs_the_pipeline_locally_on_every_push_and_pull_request() -> None:

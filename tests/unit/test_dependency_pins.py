@@ -36,3 +36,14 @@ def test_project_and_constraints_pin_the_same_sklearn() -> None:
 def test_inference_service_names_the_runtime_that_matches_the_pin() -> None:
     # With protocolVersion v2 and no runtime, KServe picks MLServer (scikit-learn 1.6.1).
     assert SKLEARN_RUNTIME == "kserve-sklearnserver"
+
+
+def test_the_runtime_replay_venv_pins_what_kserve_sklearnserver_loads_models_with() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    (sklearn_pin,) = re.findall(r"^RUNTIME_SKLEARN \?= (\S+)$", makefile, re.M)
+    (kserve_version,) = re.findall(r"^KSERVE_VERSION \?= v(\S+)$", makefile, re.M)
+    assert sklearn_pin == sklearn.__version__ and sklearn_pin in KSERVE_SKLEARNSERVER_PIN
+    assert kserve_version == "0.20.0"  # the cluster's KServe, not the project's SDK (0.21.0)
+    assert '"kserve==$(KSERVE_VERSION:v%=%)"' in makefile
+    assert "MLOPS_KSERVE_RUNTIME_PYTHON=$(abspath $(RUNTIME_VENV))/bin/python" in makefile
+    assert re.search(r"^test: .*\$\(RUNTIME_STAMP\)", makefile, re.M)

@@ -174,3 +174,65 @@ def test_a_corrupt_state_file_gives_one_error_naming_the_file_and_the_fix(
         assert "delete it and deploy again with `mlops run`" in str(caught.value)
         assert isinstance(caught.value, ValueError)
     assert path.read_text() == text  # nothing was written over it
+
+
+def test_a_deploy_after_promote_then_rollback_splits_with_the_revision_that_serves(
+    tmp_path: Path,
+) -> None:
+    # As KServe's PropagateStatus: the rollback re-points latestRolledoutRevision at revision 1.
+    _deploy(tmp_path, 1)
+    _deploy(tmp_path, 2, canary=10)
+    local_controller.set_canary_percent("m", None, tmp_path)
+    rolled_back = local_controller.set_canary_percent("m", 0, tmp_path)
+    predictor = rolled_back["status"]["components"]["predictor"]
+    assert predictor["latestRolledoutRevision"] == "m-predictor-00001"
+    assert _split(_deploy(tmp_path, 3, canary=10)) == {"00003": 10, "00001": 90}
+
+
+def test_a_canary_rolled_back_from_any_share_below_100_is_never_rolled_out(tmp_path: Path) -> None:
+    _deploy(tmp_path, 1)
+    _deploy(tmp_path, 2, canary=10)
+    for share in (25, 50, 99, 0):
+        isvc = local_controller.set_canary_percent("m", share, tmp_path)
+    assert isvc["status"]["components"]["predictor"]["latestRolledoutRevision"] == (
+        "m-predictor-00001"
+    )
+    assert _split(_deploy(tmp_path, 3, canary=10)) == {"00003": 10, "00001": 90}
+
+
+def test_a_conditional_write_over_someone_elses_change_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    from serving.inference_service import TrafficChangedError, traffic_spec
+
+    _deploy(tmp_path, 1)
+    set_by_rollout = local_controller.set_canary_percent("m", 25, tmp_path)
+    expected = traffic_spec(set_by_rollout)
+    local_controller.set_canary_percent("m", 0, tmp_path)  # a human's rollback
+    before = local_controller.read_state("m", tmp_path)
+    with pytest.raises(
+        TrafficChangedError, match=r"stopped by a rollback: canaryTrafficPercent is 0"
+    ):
+        local_controller.set_canary_percent("m", 50, tmp_path, expected=expected)
+    assert local_controller.read_state("m", tmp_path) == before
+
+
+def test_a_write_on_a_stale_resource_version_is_refused(tmp_path: Path) -> None:
+    _deploy(tmp_path, 1)
+    read = local_controller.read_state("m", tmp_path)["inferenceService"]["metadata"]
+    local_controller.annotate("m", "k", "v", tmp_path)  # any write bumps the resourceVersion
+    with pytest.raises(local_controller.ConflictError, match="changed since it was read"):
+        local_controller.set_canary_percent("m", 0, tmp_path, if_version=read["resourceVersion"])
+
+
+def test_a_second_rollout_lock_of_one_service_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    from serving.inference_service import RolloutLockedError
+
+    with local_controller.rollout_lock("m", tmp_path):
+        with pytest.raises(
+            RolloutLockedError, match=r"another rollout of 'm' is running \(pid \d+"
+        ):
+            with local_controller.rollout_lock("m", tmp_path):
+                pass  # pragma: no cover
+    with local_controller.rollout_lock("m", tmp_path):  # released: free again
+        pass

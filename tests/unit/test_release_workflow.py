@@ -76,8 +76,11 @@ def test_every_secret_an_environment_names_is_passed_to_the_release_step() -> No
     envs = load_environments(ROOT / "environments.cluster.yaml")
     needed = set()
     for env in envs.values():
-        needed |= {env.signing_key_env, f"{env.s3_credentials_prefix}AWS_ACCESS_KEY_ID",
-                   f"{env.s3_credentials_prefix}AWS_SECRET_ACCESS_KEY"}
+        needed |= {
+            env.signing_key_env,
+            f"{env.s3_credentials_prefix}AWS_ACCESS_KEY_ID",
+            f"{env.s3_credentials_prefix}AWS_SECRET_ACCESS_KEY",
+        }
     assert needed <= set(step["env"])
     assert all(step["env"][name] == f"${{{{ secrets.{name} }}}}" for name in needed)
 
@@ -92,3 +95,25 @@ def test_every_script_is_valid_bash() -> None:
                     ["bash", "-n"], input=step["run"], capture_output=True, text=True, timeout=10
                 )
                 assert checked.returncode == 0, (step["name"], checked.stderr)
+
+
+def test_only_main_may_run_the_production_job() -> None:
+    (job,) = _workflow()["jobs"].values()
+    assert job["environment"] == "production"
+    assert job["if"] == "github.ref == 'refs/heads/main'"
+    # The environment's own deployment-branch rule is a repository setting: the README says it.
+    readme = (ROOT / "README.md").read_text()
+    assert "**Deployment branches and tags** allow only `main`" in readme
+
+
+def test_the_preflight_asks_only_namespaced_questions() -> None:
+    (job,) = _workflow()["jobs"].values()
+    step = next(s for s in job["steps"] if "KUBECONFIG_B64" in s.get("run", ""))
+    kubectl_lines = [
+        line.strip() for line in step["run"].splitlines() if ".venv/bin/kubectl" in line
+    ]
+    assert kubectl_lines
+    for line in kubectl_lines:
+        # A cluster-scoped read (namespaces, nodes...) needs a ClusterRole the release lacks.
+        assert re.search(r" -n \S+", line), line
+        assert not re.search(r"\bnamespaces?\b", line.split(" -n ", 1)[0]), line

@@ -25,9 +25,10 @@ def test_report_has_one_plot_per_signal_and_opens_offline(tmp_path: Path) -> Non
     path = write_report(_result(), RolloutPlan((10, 50, 100), 5.0), tmp_path / "rollouts")
     page = path.read_text()
     assert path.parent == tmp_path / "rollouts" and path.name.endswith("-v2-rolled-back.html")
-    assert page.count("<svg") == 6
+    assert page.count("<svg") == 7  # one per signal, class_share included
     for name in ("error_rate", "p99_latency", "class_divergence", "shadow_agreement"):
         assert f'aria-label="{name} per step"' in page
+    assert 'aria-label="class_share per step"' in page
     assert "<script" not in page and not re.search(r'(src|href)="https?:', page)
 
 

@@ -80,3 +80,16 @@ def test_a_cross_site_browser_request_is_refused_with_or_without_a_token() -> No
         status, body = call(token, "/v2/models/m/infer", {b"sec-fetch-site": b"cross-site"})
         assert status == 403 and "cross-site" in body["error"]
     assert call(None, "/v2/models/m/infer", {b"sec-fetch-site": b"same-origin"})[0] == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    [f"Bearer {TOKEN}junk", f"Bearer {TOKEN} ", f"Bearer {TOKEN[:-1]}", f"Bearer  {TOKEN}",
+     f"Bearer {TOKEN},{TOKEN}", f"Token {TOKEN}", TOKEN],
+)
+def test_only_the_exact_bearer_token_is_accepted(header: str) -> None:
+    """The whole header is compared: the token followed by more, or a prefix of it, is not it."""
+    status, body = call(TOKEN, "/v2/models/m/infer", {b"authorization": header.encode()})
+    assert status == 401
+    expected = "the bearer token is wrong" if header.startswith("Bearer ") else "must be 'Bearer"
+    assert expected in body["error"]

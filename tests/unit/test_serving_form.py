@@ -109,13 +109,43 @@ def test_schema_of_a_version_published_before_ranges_and_examples(
 ) -> None:
     names = list(breast_cancer.columns.drop("target"))
     old = form_schema("m", "3", {"feature_names": names}, names)
-    assert old["features"][0] == {"name": names[0], "min": None, "max": None, "mean": None}
-    assert old["examples"] == [] and old["classes"] is None
+    assert old["features"][0] == {
+        "name": names[0],
+        "type": "numeric",  # a version published before feature_types: all numeric
+        "min": None,
+        "max": None,
+        "mean": None,
+    }
+    assert old["examples"] == [] and old["classes"] is None and old["input_kind"] == "tensor"
     metadata = {"reference_statistics": reference_statistics(breast_cancer, "target")}
     new = form_schema("m", "4", metadata, names)
     assert new["classes"] == [0, 1]
     first = breast_cancer[breast_cancer["target"] == 0].iloc[0]
     assert new["examples"][0] == {"label": 0, "values": first[names].astype(float).tolist()}
+    assert new["class_names"] == ["0", "1"]
+
+
+def test_schema_of_a_table_names_categories_and_classes() -> None:
+    from tests.integration.table_models import fit_mixed, mixed_table, table_metadata
+
+    frame = mixed_table()
+    metadata = table_metadata(fit_mixed(frame), frame)
+    metadata["class_names"] = ["High risk", "Low risk", "Medium"]
+    schema = form_schema("m", "1", metadata, metadata["feature_names"])
+    assert schema["input_kind"] == "dataframe"
+    colour = schema["features"][1]
+    assert colour == {
+        "name": "colour",
+        "type": "categorical",
+        "min": None,
+        "max": None,
+        "mean": None,
+        "categories": ["blue", "green", "red"],
+    }
+    assert schema["features"][0]["type"] == "numeric" and schema["features"][0]["min"] < 60
+    assert schema["classes"] == ["high", "low", "mid"]
+    assert schema["class_names"] == ["High risk", "Low risk", "Medium"]
+    assert [len(e["values"]) for e in schema["examples"]] == [4, 4, 4]
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_forwarded(

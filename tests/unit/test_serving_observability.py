@@ -12,9 +12,9 @@ import pytest
 from serving.observability import (
     ObservabilityMiddleware,
     RequestInfo,
-    _default_to_json,
     _error_message,
     _model_from_path,
+    _refused_content_type,
     current_request,
 )
 
@@ -33,13 +33,37 @@ def test_error_bodies_become_one_message() -> None:
     assert _error_message(b"plain text") == "plain text"
 
 
-def test_a_body_without_the_binary_header_is_read_as_json() -> None:
-    scope: dict[str, Any] = {"headers": [(b"content-type", b"text/plain")]}
-    _default_to_json(scope, dict(scope["headers"]))
-    assert scope["headers"] == [(b"content-type", b"application/json")]
-    binary = {"headers": [(b"inference-header-content-length", b"10")]}
-    _default_to_json(binary, dict(binary["headers"]))
-    assert binary["headers"] == [(b"inference-header-content-length", b"10")]
+def refusal(*headers: tuple[bytes, bytes]) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+    scope: dict[str, Any] = {"method": "POST", "headers": list(headers)}
+    return _refused_content_type(scope, dict(scope["headers"])), scope["headers"]
+
+
+def test_only_json_and_the_binary_extensions_content_type_reach_a_model() -> None:
+    assert refusal((b"content-type", b"application/json; charset=utf-8"))[0] is None
+    binary = (b"inference-header-content-length", b"10")
+    assert refusal(binary, (b"content-type", b"application/octet-stream")) == (
+        None,
+        [binary, (b"content-type", b"application/octet-stream")],
+    )
+    # What a web page of any origin posts without a CORS preflight (issue 19).
+    for simple in (b"text/plain", b"application/x-www-form-urlencoded", b"multipart/form-data"):
+        reason, _ = refusal((b"content-type", simple), (b"sec-fetch-site", b"same-site"))
+        assert reason == (
+            "unsupported content type: send the request body as application/json (or, with "
+            "Inference-Header-Content-Length, application/octet-stream)"
+        )
+    assert refusal(binary, (b"content-type", b"text/plain"))[0] is not None
+    assert refusal((b"content-type", b"application/cloudevents+json"))[0] is not None
+
+
+def test_a_body_without_a_content_type_is_json_only_when_no_browser_sent_it() -> None:
+    # tritonclient.http sends JSON with no content type: read as JSON for KServe's route.
+    assert refusal() == (None, [(b"content-type", b"application/json")])
+    binary = (b"inference-header-content-length", b"10")
+    assert refusal(binary) == (None, [binary])
+    # A page's fetch() of an ArrayBuffer has no content type and no preflight either.
+    assert refusal((b"origin", b"http://localhost:9999"))[0] is not None
+    assert refusal((b"sec-fetch-site", b"same-site"))[0] is not None
 
 
 def call(
@@ -89,6 +113,35 @@ def test_an_inference_request_gets_an_id_and_one_json_log_line(
     assert line["request_id"] == "abc" and line["revision"] == "rev-2" and line["rows"] == 3
     assert line["status"] == 200 and line["model"] == "m" and "error" not in line
     assert set(RequestInfo.__dataclass_fields__) - {"error"} <= set(line)
+
+
+async def failing_app(scope: Any, receive: Any, send: Any) -> None:
+    raise TypeError("unsupported datatype in numpy array: SECRET-4711")
+
+
+def test_an_exception_past_every_handler_is_a_500_in_the_log_and_the_metrics(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.observability import ERRORS, REQUESTS
+
+    middleware = ObservabilityMiddleware(failing_app, max_body_bytes=100)
+    monkeypatch.setattr(logging.getLogger("mlops.serving.requests"), "propagate", True)
+    before = REQUESTS.labels("_unknown", "none", "", "500")._value.get()
+    with caplog.at_level(logging.INFO, logger="mlops.serving.requests"):
+        with pytest.raises(TypeError):  # Starlette's ServerErrorMiddleware answers it
+            call(middleware, "/v2/models/m/infer", b"{}", [])
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records]
+    assert line["status"] == 500
+    assert line["error"] == "the server failed: TypeError"
+    assert REQUESTS.labels("_unknown", "none", "", "500")._value.get() == before + 1
+    assert ERRORS.labels("_unknown", "none", "", "500")._value.get() >= 1
+
+
+def test_a_text_plain_post_gets_415_and_never_reaches_the_model() -> None:
+    middleware = ObservabilityMiddleware(failing_app, max_body_bytes=100)
+    sent = call(middleware, "/v2/models/m/infer", b"{}", [(b"content-type", b"text/plain")])
+    assert sent[0]["status"] == 415
+    assert json.loads(sent[1]["body"])["error"].startswith("unsupported content type")
 
 
 def test_bodies_over_the_limit_get_413_with_or_without_a_length() -> None:

@@ -141,3 +141,18 @@ def test_in_a_pod_without_the_env_key_nothing_is_published(
         LocalStore(tmp_path / "store").publish("m", model, {"sha256": sha256_file(model)})
     assert not (tmp_path / "store" / "m").exists()
     assert not (mlops_home / "signing.key").exists()
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o610, 0o620], ids=oct)
+def test_a_key_file_its_group_or_others_can_reach_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    monkeypatch.delenv(signing.KEY_ENV)
+    key_file = tmp_path / "signing.key"
+    key_file.write_text("k" * 40)
+    key_file.chmod(0o600)
+    assert signing.signing_key(key_file=key_file) == b"k" * 40
+    key_file.chmod(mode)
+    with pytest.raises(signing.SignatureError, match=rf"is open to other users \(mode "
+                       rf"{stat.filemode(stat.S_IFREG | mode)}\).*chmod 600 {key_file}"):
+        signing.signing_key(key_file=key_file)
