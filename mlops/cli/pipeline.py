@@ -16,8 +16,9 @@ from pipelines.compile import COMPILED as COMPILED_PIPELINE
 from pipelines.compile import COMPILED_SCORING
 
 # `mlops run`'s exit code when the gate refuses the model (documented in --help and README):
-# a CI job tells it from a deploy (0) and from an error (1); 3 is a rolled-back canary.
-GATED_EXIT_CODE = 4
+# a CI job tells it from a deploy (0) and from an error (1); 3 and 4 are `--rollout auto`'s
+# (`mlops rollout`'s rolled back and stopped), passed through.
+GATED_EXIT_CODE = 5
 
 
 def _hyperparameters(_ctx: click.Context, _param: click.Parameter, value: str) -> dict[str, Any]:
@@ -135,8 +136,9 @@ def run(verbose: bool, rollout: str, keep_runs: int, **arguments: Any) -> None:
     Writes an HTML report of the run (metrics, confusion matrix, ROC curve, the gate's
     decision) under the state directory and prints its path.
 
-    Exit codes: 0 deployed (or promoted, --rollout auto); 1 an error;
-    3 the canary was rolled back (--rollout auto); 4 the gate refused the model.
+    Exit codes: 0 deployed (or promoted, --rollout auto); 1 an error; 3 the canary was
+    rolled back, 4 its rollout stopped by someone else's change (--rollout auto); 5 the gate
+    refused the model.
     """
     from pipelines.local import run_locally
 

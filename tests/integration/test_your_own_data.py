@@ -278,11 +278,11 @@ def imbalanced(home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
             "stored_after_majority": stored_after_majority}
 
 
-def test_a_majority_only_model_is_refused_by_default_saying_so_and_exits_4(
+def test_a_majority_only_model_is_refused_by_default_saying_so_and_exits_5(
     imbalanced: dict[str, Any],
 ) -> None:
     result = imbalanced["majority"]
-    assert result.exit_code == 4, result.output
+    assert result.exit_code == 5, result.output
     assert "accuracy             0.9700" in result.output  # above the 0.9 accuracy floor
     assert (
         "decision: gated: accuracy 0.9700 is no better than always predicting the majority "

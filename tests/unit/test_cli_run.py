@@ -1,4 +1,4 @@
-"""`mlops run`'s options and exit codes (issue 17): the gate metric, the old spelling, exit 4.
+"""`mlops run`'s options and exit codes (issue 17): the gate metric, the old spelling, exit 5.
 
 The pipeline itself is replaced by a function returning a summary: the run through kfp.local is
 tests/integration/test_your_own_data.py's; here only the command's own work is under test.
@@ -31,9 +31,9 @@ def last_arguments(monkeypatch: pytest.MonkeyPatch, mlops_home: Path) -> dict[st
     return seen
 
 
-def test_a_gated_run_exits_4_and_prints_its_report(last_arguments: dict, mlops_home: Path) -> None:
+def test_a_gated_run_exits_5_and_prints_its_report(last_arguments: dict, mlops_home: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--gate-metric", "balanced_accuracy"])
-    assert result.exit_code == 4, result.output
+    assert result.exit_code == 5, result.output
     assert "decision: gated: accuracy 0.5000 is below min_score 0.7000" in result.output
     assert f"report: {mlops_home / 'reports/r1.html'}" in result.output
     assert "  always the majority class: balanced_accuracy 0.5000" in result.output
@@ -49,7 +49,8 @@ def test_the_old_min_accuracy_option_sets_the_gate_floor(last_arguments: dict) -
 
 def test_run_help_documents_the_exit_codes_and_each_estimator_s_defaults() -> None:
     text = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
-    assert "4 the gate refused the model" in text and "1 an error" in text
+    assert "5 the gate refused the model" in text and "1 an error" in text
+    assert "4 its rollout stopped" in text  # mlops rollout's own 4, passed through
     assert 'random_forest {"n_estimators": 100}' in text
     assert "[accuracy|balanced_accuracy|f1_macro|roc_auc]" in text
 
