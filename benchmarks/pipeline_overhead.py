@@ -39,7 +39,7 @@ def run_direct(home: Path) -> None:
     ``mlops run`` gives them and their artifacts in files under ``home``: the same code, so
     the difference is exactly what kfp.local adds.
     """
-    from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Metrics, Model
+    from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
 
     from components import (
         check_parameters,
@@ -60,7 +60,8 @@ def run_direct(home: Path) -> None:
         model_name=name,
         canary_traffic_percent=10,
         test_size=0.2,
-        min_accuracy=0.9,
+        gate_metric="accuracy",
+        min_score=0.9,
         max_degradation=0.02,
         label_noise=0.0,
         min_rows=100,
@@ -95,7 +96,8 @@ def run_direct(home: Path) -> None:
         holdout=holdout,
         label_column=label,
         model_name=name,
-        min_accuracy=0.9,
+        gate_metric="accuracy",
+        min_score=0.9,
         max_degradation=0.02,
         tracking_uri=tracking,
         deploy_target="local",
@@ -105,6 +107,7 @@ def run_direct(home: Path) -> None:
         data_fingerprint=fingerprint,
         metrics=metrics,
         classification=ClassificationMetrics(uri=str(files / "curves")),
+        report=HTML(uri=str(files / "report.html")),
     )
     assert deploy, "a first run deploys"
     version, storage_uri = upload_model.python_func(

@@ -10,7 +10,8 @@ def check_parameters(
     model_name: str,
     canary_traffic_percent: int,
     test_size: float,
-    min_accuracy: float,
+    gate_metric: str,
+    min_score: float,
     max_degradation: float,
     label_noise: float,
     min_rows: int,
@@ -36,7 +37,8 @@ def check_parameters(
         model_name: The InferenceService, store and registered model name.
         canary_traffic_percent: 0..100.
         test_size: Within (0, 1).
-        min_accuracy: Within [0, 1].
+        gate_metric: One of ``mlops.parameters.GATE_METRICS``.
+        min_score: Within [0, 1].
         max_degradation: Within [0, 1].
         label_noise: Within [0, 1).
         min_rows: At least 1.
@@ -57,7 +59,8 @@ def check_parameters(
             "model_name": model_name,
             "canary_traffic_percent": canary_traffic_percent,
             "test_size": test_size,
-            "min_accuracy": min_accuracy,
+            "gate_metric": gate_metric,
+            "min_score": min_score,
             "max_degradation": max_degradation,
             "label_noise": label_noise,
             "min_rows": min_rows,

@@ -12,9 +12,12 @@ def load_data(source: str, dataset: Output[Dataset]) -> None:
 
     Args:
         source: ``sklearn:breast_cancer``, a path, or an ``s3://`` URI (CSV or Parquet).
-        dataset: The loaded table.
+        dataset: The loaded table (a built-in's ``class_names`` in its metadata).
     """
-    from mlops.data import write_table
+    from mlops.data import builtin_class_names, write_table
 
     rows, columns = write_table(source, dataset.path)
     dataset.metadata.update({"source": source, "rows": rows, "columns": columns})
+    names = builtin_class_names(source)
+    if names:  # a built-in dataset's target_names, for the model's metadata
+        dataset.metadata["class_names"] = names

@@ -54,6 +54,7 @@ def score(
         id_column=id_column,
         chunk_rows=chunk_rows,
         fmt=output_format(output),
+        feature_types=metadata.get("feature_types"),
     )
     predictions.metadata.update({"rows": rows, "model_version": model_version})
     print(f"scored {rows} rows with {model_name} version {model_version} ({storage_uri})")

@@ -53,6 +53,7 @@ def upload_model(
         reference=reference_stats,
         feature_names=model.metadata.get("feature_names", []),
         sklearn_version=model.metadata.get("sklearn_version", ""),
+        schema=json.loads(model.metadata.get("schema") or "{}"),
     )
     metadata["mlflow_run_id"] = mlflow_run_id
     version, storage_uri = publish_model(store_uri, model_name, Path(model.path), metadata)

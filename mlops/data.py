@@ -68,6 +68,22 @@ def _check_builtin(name: str) -> None:
         )
 
 
+def builtin_class_names(source: str) -> dict[str, str]:
+    """``{str(class): name}`` of a built-in dataset (its ``target_names``); ``{}`` otherwise.
+
+    A built-in's label is a number per class; the names travel with the model (metadata
+    ``class_names``) so that people read "malignant", not 0.
+    """
+    if not source.startswith(BUILTIN_PREFIX):
+        return {}
+    from sklearn import datasets
+
+    name = source.removeprefix(BUILTIN_PREFIX)
+    _check_builtin(name)
+    names = getattr(datasets, f"load_{name}")().target_names
+    return {str(index): str(value) for index, value in enumerate(names)}
+
+
 def _check_format(path: Path) -> None:
     if path.suffix.lower() not in (".csv", ".parquet"):
         raise ValueError(f"source {str(path)!r} must end in .csv or .parquet, got {path.suffix!r}")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from mlops.estimators import ESTIMATOR_DEFAULTS
+from mlops.estimators import ESTIMATOR_DEFAULTS, FIXED_PARAMETERS
 
 # KServe's webhook accepts an InferenceService name matching this (a DNS-1035 label: it starts
 # with a letter); the name is also the store folder and the registered model, so it must not
@@ -24,6 +24,11 @@ MAX_MODEL_NAME_LENGTH = 63 - len("latest-") - len("-predictor")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN_MAX = 253
 TARGETS = ("local", "kubernetes")
+# The holdout metrics the gate can judge by (every one: higher is better, within [0, 1]);
+# ``mlops.evaluation.score_classifier`` computes each.
+GATE_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc")
+# The gate's floor was named for the one metric it judged; old scripts still pass it.
+LEGACY_MIN_SCORE = "min_accuracy"
 
 
 class ParameterError(ValueError):
@@ -87,6 +92,14 @@ def check_hyperparameters(estimator: Any, hyperparameters: Any) -> None:
             raise _fail(
                 f"hyperparameters.{key}", value, f"a parameter of {estimator}: {sorted(defaults)}"
             )
+        fixed = FIXED_PARAMETERS.get(estimator, {})
+        if key in fixed and value != fixed[key]:
+            raise _fail(
+                f"hyperparameters.{key}",
+                value,
+                f"{fixed[key]!r} or leave it out ({estimator} is always built with "
+                f"{key}={fixed[key]!r}: the gate, scoring and serving read class probabilities)",
+            )
         default = defaults[key]
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
         if isinstance(default, bool):
@@ -121,9 +134,11 @@ def check_parameters(parameters: Mapping[str, Any]) -> None:
             raise _fail("canary_traffic_percent", percent, "an integer within 0..100")
     if "test_size" in p and not 0 < _number("test_size", p["test_size"]) < 1:
         raise _fail("test_size", p["test_size"], "a fraction within (0, 1), e.g. 0.2")
-    for name in ("min_accuracy", "max_degradation"):
+    for name in ("min_score", LEGACY_MIN_SCORE, "max_degradation"):
         if name in p and not 0 <= _number(name, p[name]) <= 1:
             raise _fail(name, p[name], "a fraction within [0, 1]")
+    if "gate_metric" in p and p["gate_metric"] not in GATE_METRICS:
+        raise _fail("gate_metric", p["gate_metric"], f"one of {list(GATE_METRICS)}")
     if "label_noise" in p and not 0 <= _number("label_noise", p["label_noise"]) < 1:
         raise _fail("label_noise", p["label_noise"], "a fraction within [0, 1)")
     if "min_rows" in p and _integer("min_rows", p["min_rows"]) < 1:

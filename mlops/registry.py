@@ -129,13 +129,56 @@ def log_training_run(
     ):
         mlflow.log_params({k: str(v) for k, v in params.items()})
         mlflow.log_metrics(metrics)
+        model = joblib.load(model_path)
         # Explicit requirements: MLflow's inference of them imports the model in a subprocess.
         mlflow.sklearn.log_model(
-            joblib.load(model_path),
+            model,
             name="model",
             pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            serialization_format="skops",
+            skops_trusted_types=skops_trusted_types(model),
         )
         return str(run.info.run_id)
+
+
+# The types a copy logged to MLflow may hold beyond skops' own defaults: scikit-learn's (a
+# forest's ``Tree``, a ``ColumnTransformer``'s column list) and numpy's dtype objects.
+_TRUSTED_MODULE_PREFIXES = ("sklearn.",)
+_TRUSTED_TYPES = frozenset({"numpy.dtype"})
+
+
+class UntrustedModelError(ValueError):
+    """The model holds a type outside scikit-learn's own: MLflow's copy would have to trust it."""
+
+
+def skops_trusted_types(model: Any) -> list[str]:
+    """The types skops must be told to trust to round-trip ``model``: scikit-learn's only.
+
+    MLflow logs the model in skops' format and loads it back at once with these types trusted
+    (``mlflow.sklearn._save_model``); skops trusts none of scikit-learn's trees by default. This
+    is MLflow's copy of the model, for its UI and registry: what is served is the store's signed
+    ``model.joblib``, which this list does not touch. A type from anywhere else (a custom
+    transformer) is refused rather than trusted.
+
+    Raises:
+        UntrustedModelError: When the model holds a type that is not scikit-learn's or numpy's
+            dtype.
+    """
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    foreign = [
+        name
+        for name in untrusted
+        if name not in _TRUSTED_TYPES and not name.startswith(_TRUSTED_MODULE_PREFIXES)
+    ]
+    if foreign:
+        raise UntrustedModelError(
+            f"the model holds types that are not scikit-learn's ({', '.join(foreign)}): "
+            "MLflow's copy of it would have to trust them; build the model from scikit-learn's "
+            "own estimators and transformers"
+        )
+    return sorted(untrusted)
 
 
 def _artifact_location(tracking_uri: str) -> str | None:

@@ -1,7 +1,8 @@
 """Batch scoring: stream a table through a stored model version, write predictions atomically.
 
 The table (the Parquet file the load step writes) is read a chunk at a time; each chunk is
-checked (the model's feature columns are there, numeric, finite) before it is scored, and the
+checked (the model's feature columns are there; numeric ones numbers, finite, and present
+unless the model imputes them) before it is scored, and the
 predictions go to a temporary file beside the output that is linked into place only when every
 row has been scored. A bad row anywhere stops the run with one error naming the column and the
 row, and nothing is written; an existing output is never replaced.
@@ -135,6 +136,7 @@ def score_table(
     id_column: str = "",
     chunk_rows: int = CHUNK_ROWS,
     fmt: str = "",
+    feature_types: dict[str, str] | None = None,
 ) -> int:
     """Score every row of a Parquet ``table`` and write the predictions to ``output``.
 
@@ -153,18 +155,25 @@ def score_table(
         id_column: A column of ``table`` that identifies each row, copied to the output.
         chunk_rows: Rows held in memory at a time.
         fmt: ``csv`` or ``parquet``; by default ``output``'s suffix decides.
+        feature_types: The version's ``feature_types`` (``None``: every feature numeric); a
+            text feature makes the model's input a DataFrame (``mlops.training.model_input``).
 
     Returns:
         The number of rows scored.
 
     Raises:
-        ScoringError: When a feature column is missing, not numeric, or holds a NaN or an
-            infinite value (one error: the first such row).
+        ScoringError: When a feature column is missing, a numeric one holds text or an
+            infinite value, or a missing value that the model cannot impute (one error: the
+            first such row).
         FileExistsError: When ``output`` exists.
     """
     import pyarrow.parquet as pq
 
+    from mlops.training import accepts_missing
+
     fmt = fmt or output_format(str(output))
+    types = {name: (feature_types or {}).get(name, "numeric") for name in feature_names}
+    allow_missing = accepts_missing(model)
     # pre_buffer=False: pyarrow otherwise keeps every row group it read buffered until the file
     # is closed, and a 1,000,000-row table would end up in memory whole. One decoding thread:
     # each thread holds a column chunk, and the model, not decoding, is the slow part.
@@ -175,7 +184,7 @@ def score_table(
     rows = 0
     with _staged(output) as staged, _writer(fmt, staged) as write:
         for batch in source.iter_batches(batch_size=chunk_rows, columns=columns, use_threads=False):
-            features = feature_matrix(batch, feature_names, first_row=rows)
+            features = model_rows(batch, types, first_row=rows, allow_missing=allow_missing)
             probabilities = model.predict_proba(features)
             write(_predictions(batch, rows, id_column, classes, probabilities, model_version))
             rows += batch.num_rows
@@ -198,17 +207,49 @@ def _check_columns(present: list[str], feature_names: list[str], id_column: str)
         raise ScoringError(f"id column {id_column!r} is not in the input (header row)")
 
 
-def feature_matrix(batch: Any, feature_names: list[str], first_row: int = 0) -> np.ndarray:
+def model_rows(
+    batch: Any, types: dict[str, str], first_row: int = 0, allow_missing: bool = False
+) -> Any:
+    """The model's input for one chunk: a float matrix, or a DataFrame when a feature is text.
+
+    Args:
+        batch: A ``pyarrow.RecordBatch`` of input rows.
+        types: ``{name: "numeric" | "categorical"}`` of the model's features, in order.
+        first_row: How many input rows came before this chunk (for the row in messages).
+        allow_missing: Whether the model imputes missing values (NaN may be sent).
+
+    Raises:
+        ScoringError: As ``feature_matrix`` for the numeric features.
+    """
+    numeric = [name for name, kind in types.items() if kind == "numeric"]
+    matrix = feature_matrix(batch, numeric, first_row, allow_missing)
+    if len(numeric) == len(types):
+        return matrix
+    import pandas as pd
+
+    columns: dict[str, Any] = {name: matrix[:, i] for i, name in enumerate(numeric)}
+    for name in types:
+        if name not in columns:
+            text = batch.column(name).to_pandas()
+            columns[name] = text.map(lambda v: np.nan if pd.isna(v) else str(v)).astype(object)
+    return pd.DataFrame(columns)[list(types)]
+
+
+def feature_matrix(
+    batch: Any, feature_names: list[str], first_row: int = 0, allow_missing: bool = False
+) -> np.ndarray:
     """The model's input for one chunk: its feature columns as a float matrix, checked.
 
     Args:
         batch: A ``pyarrow.RecordBatch`` of input rows.
         feature_names: The columns to take, in order.
         first_row: How many input rows came before this chunk (for the row in messages).
+        allow_missing: Whether a missing value (NaN, empty) is allowed (the model imputes it).
 
     Raises:
         ScoringError: For the first row (1 = the first data row of the input) whose feature
-            is not a number, missing (NaN, empty) or infinite; it names the column.
+            is not a number, infinite, or missing when ``allow_missing`` is false; it names the
+            column.
     """
     matrix = np.empty((batch.num_rows, len(feature_names)), dtype=np.float64)
     problems: list[tuple[int, str]] = []
@@ -217,16 +258,22 @@ def feature_matrix(batch: Any, feature_names: list[str], first_row: int = 0) -> 
         if problem is not None:
             problems.append(problem)
             continue
-        bad = np.flatnonzero(~np.isfinite(values))
+        wrong = np.isinf(values) if allow_missing else ~np.isfinite(values)
+        bad = np.flatnonzero(wrong)
         if bad.size:
             kind = "is missing (NaN or empty)" if np.isnan(values[bad[0]]) else "is infinite"
             problems.append((int(bad[0]), f"column {name!r}, row {{row}}: the value {kind}"))
         matrix[:, index] = values
     if problems:
         position, message = min(problems, key=lambda problem: problem[0])
+        need = (
+            "every numeric feature needs a number or an empty cell"
+            if allow_missing
+            else "every feature needs a finite number"
+        )
         raise ScoringError(
             message.format(row=first_row + position + 1)
-            + "; every feature needs a finite number (rows count from 1 after the header)"
+            + f"; {need} (rows count from 1 after the header)"
         )
     return matrix
 

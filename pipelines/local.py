@@ -64,10 +64,20 @@ class LocalRunSummary:
     storage_uri: str | None = None
     isvc_name: str | None = None
     log_file: Path | None = None
+    report: Path | None = None
 
 
 def local_arguments(overrides: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """Pipeline arguments for a local run: local store, MLflow and deploy target."""
+    """Pipeline arguments for a local run: local store, MLflow and deploy target.
+
+    ``min_accuracy``, the gate floor's name before the gate metric could be chosen, is taken
+    as ``min_score``.
+    """
+    from mlops.parameters import LEGACY_MIN_SCORE
+
+    overrides = dict(overrides)
+    if LEGACY_MIN_SCORE in overrides:
+        overrides.setdefault("min_score", overrides.pop(LEGACY_MIN_SCORE))
     return {
         "store_uri": default_store_uri(),
         "tracking_uri": default_tracking_uri(),
@@ -84,6 +94,7 @@ class _Tee(io.TextIOBase):
 
     def __init__(self, log: TextIO, terminal: TextIO, verbose: bool) -> None:
         self.log, self.terminal, self.verbose, self.error_line = log, terminal, verbose, ""
+        self._listing = False  # whether the lines now are the "- ..." list of the error line
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -95,6 +106,12 @@ class _Tee(io.TextIOBase):
             match = _ERROR_LINE.match(line.strip())
             if match:
                 self.error_line = f"{match.group(1)}: {match.group(2)}"
+                self._listing = True
+            elif self._listing and line.strip().startswith("- "):
+                # An error that lists several problems (a table's validation) keeps its list.
+                self.error_line += "\n" + line.strip()
+            elif line.strip():  # print() writes the line's end apart: no end of the list
+                self._listing = False
         return len(text)
 
 
@@ -255,7 +272,22 @@ def run_locally(
             prune_runs(pipeline_root, keep_runs)
     if steps.stopped_by:  # the signal came after the last step had ended
         raise _stopped(steps.stopped_by, log_file)
-    return _summarize(outputs.outputs, arguments, log_file)
+    summary = _summarize(outputs.outputs, arguments, log_file)
+    summary.report = _keep_report(outputs.outputs.get("report"), state_dir, summary.mlflow_run_id)
+    return summary
+
+
+def _keep_report(artifact: Any, state_dir: Path, run_id: str) -> Path | None:
+    """Copy the evaluate step's HTML report to ``<state dir>/reports/<run id>.html``."""
+    import shutil
+
+    source = getattr(artifact, "path", None)
+    if not source or not Path(source).is_file():
+        return None
+    dest = state_dir / "reports" / f"{run_id}.html"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    return dest
 
 
 def _stopped(signum: int, log_file: Path) -> PipelineStopped:

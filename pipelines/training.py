@@ -66,11 +66,12 @@ def training_pipeline(
     min_rows: int = 100,
     expected_columns: list = [],  # noqa: B006 (KFP reads the default, it is never mutated)
     estimator: str = "logistic_regression",
-    hyperparameters: dict = {"C": 1.0, "max_iter": 1000},  # noqa: B006
+    hyperparameters: dict = {},  # noqa: B006 (empty: the estimator's DEFAULT_HYPERPARAMETERS)
     test_size: float = 0.2,
     seed: int = 42,
     label_noise: float = 0.0,
-    min_accuracy: float = 0.9,
+    gate_metric: str = "accuracy",
+    min_score: float = 0.9,
     max_degradation: float = 0.02,
     model_name: str = DEFAULT_MODEL_NAME,
     store_uri: str = CLUSTER_STORE_URI,
@@ -84,13 +85,14 @@ def training_pipeline(
     rollout_steps: str = "",
     rollout_interval_s: float = 60.0,
     rollout_min_requests: int = 50,
-) -> NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str):  # type: ignore[valid-type]  # noqa: UP014, E501
+) -> NamedTuple("Outputs", deploy=bool, reason=str, mlflow_run_id=str, report=dsl.HTML):  # type: ignore[valid-type]  # noqa: UP014, E501
     """Train a classifier and ship it only when it is at least as good as production."""
     checked = check_parameters(
         model_name=model_name,
         canary_traffic_percent=canary_traffic_percent,
         test_size=test_size,
-        min_accuracy=min_accuracy,
+        gate_metric=gate_metric,
+        min_score=min_score,
         max_degradation=max_degradation,
         label_noise=label_noise,
         min_rows=min_rows,
@@ -127,7 +129,8 @@ def training_pipeline(
         holdout=trained.outputs["holdout"],
         label_column=label_column,
         model_name=model_name,
-        min_accuracy=min_accuracy,
+        gate_metric=gate_metric,
+        min_score=min_score,
         max_degradation=max_degradation,
         tracking_uri=tracking_uri,
         deploy_target=deploy_target,
@@ -174,9 +177,13 @@ def training_pipeline(
             ).set_caching_options(False)
             rolled.after(deployed)
             _s3_secret_as_env(rolled, s3_credentials_secret)
-    Outputs = NamedTuple("Outputs", [("deploy", bool), ("reason", str), ("mlflow_run_id", str)])  # noqa: N806, UP014, E501
+    Outputs = NamedTuple(  # noqa: N806, UP014
+        "Outputs",
+        [("deploy", bool), ("reason", str), ("mlflow_run_id", str), ("report", dsl.HTML)],
+    )
     return Outputs(
         deploy=evaluated.outputs["Output"],
         reason=evaluated.outputs["reason"],
         mlflow_run_id=evaluated.outputs["mlflow_run_id"],
+        report=evaluated.outputs["report"],
     )

@@ -9,9 +9,16 @@ from typing import Any
 import click
 
 from mlops.cli.options import model_name_option
+from mlops.estimators import DEFAULT_HYPERPARAMETERS, ESTIMATOR_DEFAULTS
+from mlops.parameters import GATE_METRICS
 from mlops.settings import state_dir
 from pipelines.compile import COMPILED as COMPILED_PIPELINE
 from pipelines.compile import COMPILED_SCORING
+
+# `mlops run`'s exit code when the gate refuses the model (documented in --help and README):
+# a CI job tells it from a deploy (0) and from an error (1); 3 and 4 are `--rollout auto`'s
+# (`mlops rollout`'s rolled back and stopped), passed through.
+GATED_EXIT_CODE = 5
 
 
 def _hyperparameters(_ctx: click.Context, _param: click.Parameter, value: str) -> dict[str, Any]:
@@ -38,14 +45,18 @@ def pipeline_options(func: Any) -> Any:
             "--estimator",
             default="logistic_regression",
             show_default=True,
-            type=click.Choice(["logistic_regression", "random_forest", "gradient_boosting"]),
+            type=click.Choice(list(ESTIMATOR_DEFAULTS)),
         ),
         click.option(
             "--hyperparameters",
-            default='{"C": 1.0, "max_iter": 1000}',
+            default="{}",
             show_default=True,
             callback=_hyperparameters,
-            help="JSON object.",
+            help="JSON object of the estimator's parameters; {}: its defaults ("
+            + "; ".join(
+                f"{name} {json.dumps(params)}" for name, params in DEFAULT_HYPERPARAMETERS.items()
+            )
+            + ").",
         ),
         click.option("--seed", default=42, show_default=True, type=int),
         click.option(
@@ -62,13 +73,29 @@ def pipeline_options(func: Any) -> Any:
             help="Share of training labels replaced at random (a degraded model).",
         ),
         click.option("--min-rows", default=100, show_default=True, type=click.IntRange(1)),
-        click.option("--min-accuracy", default=0.9, show_default=True, type=click.FloatRange(0, 1)),
+        click.option(
+            "--gate-metric",
+            default="accuracy",
+            show_default=True,
+            type=click.Choice(GATE_METRICS),
+            help="Holdout metric the gate judges by; the model must also beat always predicting "
+            "the majority class on it.",
+        ),
+        click.option(
+            "--min-score",
+            "--min-accuracy",
+            "min_score",
+            default=0.9,
+            show_default=True,
+            type=click.FloatRange(0, 1),
+            help="Floor of the gate metric (--min-accuracy: its old name).",
+        ),
         click.option(
             "--max-degradation",
             default=0.02,
             show_default=True,
             type=click.FloatRange(0, 1),
-            help="Allowed F1 drop against the champion.",
+            help="Allowed drop of the gate metric against the champion.",
         ),
         click.option(
             "--canary-percent",
@@ -104,7 +131,15 @@ def pipeline_options(func: Any) -> Any:
     help="Keep the step artifacts of this many newest runs under <state dir>/pipeline_root.",
 )
 def run(verbose: bool, rollout: str, keep_runs: int, **arguments: Any) -> None:
-    """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService."""
+    """Run the whole pipeline locally (kfp.local) and deploy to the local InferenceService.
+
+    Writes an HTML report of the run (metrics, confusion matrix, ROC curve, the gate's
+    decision) under the state directory and prints its path.
+
+    Exit codes: 0 deployed (or promoted, --rollout auto); 1 an error; 3 the canary was
+    rolled back, 4 its rollout stopped by someone else's change (--rollout auto); 5 the gate
+    refused the model.
+    """
     from pipelines.local import run_locally
 
     if rollout == "auto":
@@ -114,7 +149,13 @@ def run(verbose: bool, rollout: str, keep_runs: int, **arguments: Any) -> None:
     summary = run_locally(arguments, state_dir(), verbose=verbose, keep_runs=keep_runs)
     click.echo("")
     for key, value in sorted(summary.metrics.items()):
-        click.echo(f"  {key:<20} {value:.4f}")
+        if not key.startswith("baseline_"):
+            click.echo(f"  {key:<20} {value:.4f}")
+    metric = arguments["gate_metric"]
+    if f"baseline_{metric}" in summary.metrics:
+        click.echo(
+            f"  always the majority class: {metric} {summary.metrics[f'baseline_{metric}']:.4f}"
+        )
     verdict = click.style(
         "deploy" if summary.deploy else "gated",
         bold=True,
@@ -129,8 +170,12 @@ def run(verbose: bool, rollout: str, keep_runs: int, **arguments: Any) -> None:
         click.echo(f"InferenceService: `mlops get {summary.isvc_name}`; serve it: `mlops serve`")
     else:
         click.echo("model: not uploaded; the serving InferenceService is unchanged")
+    if summary.report is not None:
+        click.echo(f"report: {summary.report}")
     click.echo(f"step logs: {summary.log_file}")
-    if rollout == "auto" and summary.deploy:
+    if not summary.deploy:
+        raise SystemExit(GATED_EXIT_CODE)
+    if rollout == "auto":
         _auto_rollout(arguments["model_name"])
 
 

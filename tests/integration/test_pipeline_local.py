@@ -90,12 +90,25 @@ def test_every_version_carries_the_sha256_of_its_file(runs: dict) -> None:
         assert len(metadata["data_fingerprint"]) == 64
         assert set(metadata["metrics"]) >= {"accuracy", "f1", "roc_auc"}
         assert metadata["reference_statistics"]["rows"] == 569
+        # Issue 17: the built-in's class names travel with the model; all-numeric: a tensor.
+        assert metadata["classes"] == [0, 1]
+        assert metadata["class_names"] == ["malignant", "benign"]
+        assert metadata["input_kind"] == "tensor" and metadata["label_datatype"] == "INT64"
+
+
+def test_every_run_writes_its_html_report_under_the_state_directory(runs: dict) -> None:
+    for name in ("first", "second", "gated"):
+        summary: LocalRunSummary = runs[name]
+        assert summary.report == runs["home"] / "reports" / f"{summary.mlflow_run_id}.html"
+        page = summary.report.read_text()
+        assert "<th>malignant</th>" in page and "<svg" in page
+    assert "decision: gated" in runs["gated"].report.read_text()
 
 
 def test_degraded_model_is_gated_and_production_is_untouched(runs: dict) -> None:
     gated: LocalRunSummary = runs["gated"]
     assert not gated.deploy and gated.version is None
-    assert "below min_accuracy" in gated.reason
+    assert "below min_score" in gated.reason  # issue 17: the gate floor of any metric
     assert runs["after_gated"] == runs["after_second"]
     assert LocalStore(runs["home"] / "store").versions("breast-cancer") == [1, 2]
 
@@ -116,6 +129,25 @@ def test_a_failing_step_reports_its_own_error_line(tmp_path: Path, mlops_home: P
     one_class.write_text("a,b,target\n1,2,0\n3,4,0\n")
     with pytest.raises(PipelineRunError, match="DataValidationError: label column 'target' has 1"):
         run_locally({"source": str(one_class), "min_rows": 1}, mlops_home)
+    assert not (mlops_home / "store").exists()
+
+
+def test_a_table_with_several_problems_reports_them_all_in_one_error(
+    tmp_path: Path, mlops_home: Path
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,target\n1,inf,0\n2,3,\n4,5,1\n")
+    with pytest.raises(PipelineRunError) as caught:
+        run_locally({"source": str(bad)}, mlops_home)
+    assert str(caught.value).splitlines() == [
+        "DataValidationError: the table has 4 problems:",
+        "- column 'b' has infinite values (1 row): replace them with numbers or leave those "
+        "cells empty (missing values are imputed)",
+        "- label column 'target' has 1 missing value: drop those rows or fill in their class",
+        "- label column 'target': class '0' (and 1 more) has 1 row; every class needs at least "
+        "2 (the holdout split keeps each class on both sides): add rows of it or drop them",
+        "- the table has 3 rows; min_rows is 100: add rows or lower --min-rows",
+    ]
     assert not (mlops_home / "store").exists()
 
 

@@ -233,7 +233,8 @@ def test_the_check_parameters_step_refuses_a_bad_rollout_steps() -> None:
     from components.check_parameters import check_parameters as step
 
     arguments = dict(model_name="breast-cancer", canary_traffic_percent=10, test_size=0.2,
-                     min_accuracy=0.9, max_degradation=0.02, label_noise=0.0, min_rows=100,
+                     gate_metric="accuracy", min_score=0.9, max_degradation=0.02,
+                     label_noise=0.0, min_rows=100,
                      seed=42, estimator="logistic_regression", hyperparameters={"C": 1.0},
                      namespace="kubeflow-user", service_account="kserve-minio-sa",
                      deploy_target="kubernetes", rollout_interval_s=60.0,

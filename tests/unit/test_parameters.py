@@ -8,7 +8,8 @@ VALID = {
     "model_name": "breast-cancer",
     "canary_traffic_percent": 10,
     "test_size": 0.2,
-    "min_accuracy": 0.9,
+    "gate_metric": "accuracy",
+    "min_score": 0.9,
     "max_degradation": 0.02,
     "label_noise": 0.0,
     "min_rows": 100,
@@ -43,7 +44,9 @@ def test_the_defaults_pass() -> None:
         ("test_size", 0, "within (0, 1)"),
         ("test_size", 1.0, "within (0, 1)"),
         ("test_size", float("nan"), "a number"),
-        ("min_accuracy", 1.5, "within [0, 1]"),
+        ("min_score", 1.5, "within [0, 1]"),
+        ("min_accuracy", 1.5, "within [0, 1]"),  # its old name, still taken
+        ("gate_metric", "precision", "one of ['accuracy', 'balanced_accuracy', 'f1_macro'"),
         ("max_degradation", -0.1, "within [0, 1]"),
         ("label_noise", 1.0, "within [0, 1)"),
         ("min_rows", 0, ">= 1"),
@@ -86,11 +89,40 @@ def test_a_string_or_number_hyperparameter_takes_either() -> None:
 
 def test_the_estimator_table_is_the_pinned_scikit_learns() -> None:
     """The check reads ``ESTIMATOR_DEFAULTS`` (no scikit-learn import); it must not drift."""
-    from mlops.estimators import ESTIMATOR_DEFAULTS
+    from mlops.estimators import DEFAULT_HYPERPARAMETERS, ESTIMATOR_DEFAULTS, FIXED_PARAMETERS
     from mlops.training import ESTIMATORS
 
-    assert set(ESTIMATOR_DEFAULTS) == set(ESTIMATORS)
+    assert set(ESTIMATOR_DEFAULTS) == set(ESTIMATORS) == set(DEFAULT_HYPERPARAMETERS)
     for name, estimator in ESTIMATORS.items():
-        assert ESTIMATOR_DEFAULTS[name] == estimator().get_params(), (
+        fixed = FIXED_PARAMETERS.get(name, {})
+        assert ESTIMATOR_DEFAULTS[name] == estimator(**fixed).get_params(), (
             f"mlops/estimators.py is stale for {name}: copy {estimator.__name__}().get_params()"
         )
+
+
+@pytest.mark.parametrize("estimator", [
+    "logistic_regression", "random_forest", "gradient_boosting", "svc", "hist_gradient_boosting",
+])
+def test_every_estimator_s_own_default_hyperparameters_pass_its_check(estimator: str) -> None:
+    from mlops.estimators import DEFAULT_HYPERPARAMETERS
+
+    check_parameters({**VALID, "estimator": estimator, "hyperparameters": {}})
+    check_parameters(
+        {**VALID, "estimator": estimator, "hyperparameters": DEFAULT_HYPERPARAMETERS[estimator]}
+    )
+
+
+def test_a_forest_with_logistic_regression_s_hyperparameters_names_the_parameter() -> None:
+    with pytest.raises(ParameterError, match="hyperparameters.C=1.0 is invalid: expected a "
+                       "parameter of random_forest"):
+        check_parameters({**VALID, "estimator": "random_forest"})
+
+
+def test_an_svc_without_probabilities_is_refused() -> None:
+    with pytest.raises(ParameterError) as caught:
+        check_parameters({**VALID, "estimator": "svc", "hyperparameters": {"probability": False}})
+    assert str(caught.value) == (
+        "parameter hyperparameters.probability=False is invalid: expected True or leave it out "
+        "(svc is always built with probability=True: the gate, scoring and serving read class "
+        "probabilities)"
+    )

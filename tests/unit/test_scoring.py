@@ -302,3 +302,60 @@ def test_mlops_compile_writes_both_pipelines(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "name: train-gate-deploy-sklearn" in (tmp_path / "t.yaml").read_text()
     assert "name: batch-score-sklearn" in (tmp_path / "s.yaml").read_text()
+
+
+def _mixed(n: int = 90) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({
+        "size": rng.normal(size=n),
+        "colour": rng.choice(["red", "green", "blue"], size=n).astype(object),
+    })
+    frame["label"] = np.where(frame["colour"] == "red", "yes", "no")
+    frame.loc[::8, "size"] = np.nan
+    frame.loc[::5, "colour"] = None
+    return frame
+
+
+def test_a_dataframe_model_scores_text_and_missing_values_as_its_own_predict(
+    tmp_path: Path,
+) -> None:
+    from mlops.training import feature_types, fit_classifier, model_input
+
+    frame = _mixed()
+    model = fit_classifier(frame, "label", "random_forest", {"n_estimators": 10}, 0)
+    types = feature_types(frame, "label")
+    rows = frame.drop(columns=["label"])
+    rows.loc[0, "colour"] = "purple"  # never seen in training: ignored by the encoder
+    table = _table(rows, tmp_path / "rows.parquet")
+    score_table(table, model, list(types), 1, tmp_path / "out.csv", chunk_rows=20,
+                feature_types=types)
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out.columns) == [
+        "row", "predicted_class", "probability_no", "probability_yes", "model_version"
+    ]
+    expected = model_input(rows, types)
+    assert out["predicted_class"].tolist() == model.predict(expected).tolist()
+    np.testing.assert_allclose(
+        out[["probability_no", "probability_yes"]].to_numpy(), model.predict_proba(expected)
+    )
+
+
+def test_a_model_that_imputes_takes_an_empty_numeric_cell_but_not_text(tmp_path: Path) -> None:
+    from mlops.training import fit_classifier
+
+    frame = _mixed()
+    model = fit_classifier(frame, "label", "logistic_regression", {}, 0)
+    types = {"size": "numeric", "colour": "categorical"}
+    rows = frame.drop(columns=["label"])
+    # A CSV column with one word in it is text, its empty cells nulls.
+    rows["size"] = [None if pd.isna(v) else str(v) for v in rows["size"]]
+    rows.loc[4, "size"] = "tall"
+    table = _table(rows, tmp_path / "rows.parquet")
+    with pytest.raises(ScoringError, match="column 'size', row 5: 'tall' is not a number; every "
+                       "numeric feature needs a number or an empty cell"):
+        score_table(table, model, list(types), 1, tmp_path / "out.csv", feature_types=types)
+    _no_files_but(tmp_path, "rows.parquet")
+    rows.loc[4, "size"] = None  # row 1 is empty too: both are imputed
+    score_table(_table(rows, tmp_path / "ok.parquet"), model, list(types), 1,
+                tmp_path / "out.csv", feature_types=types)
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(rows)

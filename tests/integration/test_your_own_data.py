@@ -1,0 +1,306 @@
+"""Users' own tables through the real pipeline (kfp.local) and batch scoring (issue 17).
+
+The matrix: every offered estimator; int, text and bool labels; two and three classes; text
+(categorical) columns and missing values; a built-in dataset's class names; and an imbalanced
+table whose majority-only model the default gate refuses. Each case is trained once, by
+``mlops run`` itself, as a model of its own name in one state directory shared by the module (one
+MLflow database to create, not one per case); every batch-scored answer is compared with the
+stored model's own ``predict``.
+
+``trained_case`` hands each case's stored version and its real holdout rows to a test: a
+serving check (``mlops serve`` answers against the same ``predict``) takes the same fixture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from mlops.cli import main
+from mlops.scoring import load_model
+from mlops.training import model_input, types_of
+
+ROWS = 200
+
+
+def _numeric(seed: int, labels: Callable[[np.ndarray], Any]) -> pd.DataFrame:
+    """Two informative numbers and one of noise; ``labels`` maps the signal to classes."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=ROWS)
+    return pd.DataFrame({
+        "signal": signal + rng.normal(scale=0.05, size=ROWS),
+        "echo": signal * 2 + rng.normal(scale=0.1, size=ROWS),
+        "noise": rng.normal(size=ROWS),
+        "label": labels(signal),
+    })
+
+
+def _int_binary_with_gaps() -> pd.DataFrame:
+    frame = _numeric(1, lambda s: (s > 0).astype(int))
+    frame.loc[::10, "noise"] = np.nan  # an all-numeric table with gaps: still a tensor model
+    return frame
+
+
+def _text_three_classes_mixed() -> pd.DataFrame:
+    frame = _numeric(2, lambda s: np.select([s < -0.5, s < 0.5], ["low", "mid"], "high"))
+    rng = np.random.default_rng(2)
+    frame["shop"] = rng.choice(["north", "south", "east"], size=ROWS).astype(object)
+    frame.loc[::7, "shop"] = None
+    frame.loc[3::11, "signal"] = np.nan  # the echo still tells
+    return frame
+
+
+def _bool_with_a_text_column() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    colour = rng.choice(["red", "green", "blue"], size=ROWS)
+    frame = pd.DataFrame({"colour": colour.astype(object), "noise": rng.normal(size=ROWS)})
+    frame["label"] = colour == "red"
+    return frame
+
+
+def _text_binary() -> pd.DataFrame:
+    return _numeric(4, lambda s: np.where(s > 0, "spam", "ham"))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One case: the estimator, the table (or a built-in source) and what the model says."""
+
+    estimator: str
+    table: Callable[[], pd.DataFrame] | None
+    suffix: str
+    classes: list[Any]
+    class_names: list[str]
+    label_datatype: str
+    input_kind: str
+    source: str = ""
+
+
+CASES = {
+    "logistic-int-binary-gaps": Spec(
+        "logistic_regression", _int_binary_with_gaps, ".csv", [0, 1], ["0", "1"], "INT64",
+        "tensor",
+    ),
+    "forest-text-3-classes-mixed": Spec(
+        "random_forest", _text_three_classes_mixed, ".parquet", ["high", "low", "mid"],
+        ["high", "low", "mid"], "BYTES", "dataframe",
+    ),
+    "boosting-bool-text-column": Spec(
+        "gradient_boosting", _bool_with_a_text_column, ".csv", [False, True],
+        ["False", "True"], "BOOL", "dataframe",
+    ),
+    "svc-text-binary": Spec(
+        "svc", _text_binary, ".csv", ["ham", "spam"], ["ham", "spam"], "BYTES", "tensor"
+    ),
+    "hist-boosting-iris-names": Spec(
+        "hist_gradient_boosting", None, "", [0, 1, 2], ["setosa", "versicolor", "virginica"],
+        "INT64", "tensor", source="sklearn:iris",
+    ),
+}
+
+
+@dataclass
+class Trained:
+    """A case after one ``mlops run``: what a scoring or serving check needs."""
+
+    name: str
+    spec: Spec
+    home: Path
+    output: str  # what `mlops run` printed
+    exit_code: int
+    storage_uri: str
+    metadata: dict[str, Any]
+    holdout: pd.DataFrame  # the real holdout rows of the run, label included
+    label_column: str
+    run_dir: Path  # the run's KFP artifacts (pipeline_root/<run>)
+
+    def rows(self) -> pd.DataFrame:
+        """The holdout's feature columns, in the model's order."""
+        return self.holdout[self.metadata["feature_names"]]
+
+    def own_predictions(self, rows: pd.DataFrame, dest: Path) -> tuple[np.ndarray, np.ndarray]:
+        """The stored model's own ``predict`` and ``predict_proba`` of ``rows``."""
+        model, metadata, _ = load_model(self.storage_uri, dest)
+        features = model_input(rows, types_of(metadata))
+        return model.predict(features), model.predict_proba(features)
+
+
+def _isolated(patch: pytest.MonkeyPatch, home: Path) -> None:
+    patch.setenv("MLOPS_HOME", str(home))
+    for name in ("MLOPS_STORE_URI", "MLFLOW_TRACKING_URI", "MLOPS_S3_ENDPOINT", "AWS_ENDPOINT_URL"):
+        patch.delenv(name, raising=False)
+
+
+def _run(arguments: list[str]) -> Any:
+    return CliRunner().invoke(main, ["run", *arguments], catch_exceptions=False)
+
+
+def _run_in(home: Path, arguments: list[str]) -> tuple[Any, Path]:
+    """``mlops run`` in ``home``; its result and the directory of its KFP artifacts."""
+    before = set(home.glob("pipeline_root/*"))
+    with pytest.MonkeyPatch.context() as patch:
+        _isolated(patch, home)
+        result = _run(arguments)
+    (run_dir,) = set(home.glob("pipeline_root/*")) - before
+    return result, run_dir
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The state directory every case of the module trains in (each under its own name)."""
+    return tmp_path_factory.mktemp("own-data") / ".mlops"
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def trained_case(
+    request: pytest.FixtureRequest, home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
+    """The case trained once by ``mlops run``, as the model named after the case."""
+    name: str = request.param
+    spec = CASES[name]
+    source = spec.source
+    label = "target" if source else "label"
+    if spec.table is not None:
+        path = tmp_path_factory.mktemp("tables") / f"{name}{spec.suffix}"
+        frame = spec.table()
+        frame.to_csv(path, index=False) if spec.suffix == ".csv" else frame.to_parquet(path)
+        source = str(path)
+    result, run_dir = _run_in(home, [
+        "--source", source, "--label-column", label, "--estimator", spec.estimator,
+        "--model-name", name,
+    ])
+    folder = home / "store" / name / "1"
+    metadata = json.loads((folder / "metadata.json").read_text()) if folder.exists() else {}
+    holdout = pd.read_parquet(run_dir / "train" / "holdout")
+    return Trained(name, spec, home, result.output, result.exit_code, f"file://{folder}/",
+                   metadata, holdout, label, run_dir)
+
+
+def test_the_run_deploys_version_1_with_the_estimator_s_own_defaults(
+    trained_case: Trained,
+) -> None:
+    assert trained_case.exit_code == 0, trained_case.output
+    assert f"model: {trained_case.name} version 1 at {trained_case.storage_uri}" in (
+        trained_case.output
+    )
+    params = trained_case.metadata["params"]
+    assert params["estimator"] == trained_case.spec.estimator
+    from mlops.estimators import DEFAULT_HYPERPARAMETERS
+
+    assert params["hyperparameters"] == DEFAULT_HYPERPARAMETERS[trained_case.spec.estimator]
+
+
+def test_the_metadata_says_how_to_call_the_model_and_what_its_classes_are(
+    trained_case: Trained,
+) -> None:
+    metadata, spec = trained_case.metadata, trained_case.spec
+    assert metadata["classes"] == spec.classes
+    assert [type(c) for c in metadata["classes"]] == [type(c) for c in spec.classes]
+    assert metadata["class_names"] == spec.class_names
+    assert metadata["label_datatype"] == spec.label_datatype
+    assert metadata["input_kind"] == spec.input_kind
+    types = metadata["feature_types"]
+    assert set(types) == set(metadata["feature_names"])
+    reference = metadata["reference_statistics"]
+    numeric = [n for n in metadata["feature_names"] if types[n] == "numeric"]
+    assert sorted(reference["features"]) == sorted(numeric)
+    assert sorted(reference["categorical"]) == sorted(metadata["feature_categories"])
+    assert reference["classes"] == spec.classes
+    for example in reference["examples"]:
+        assert set(example["features"]) == set(metadata["feature_names"])
+
+
+def test_batch_scoring_answers_as_the_stored_model_s_own_predict(
+    trained_case: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _isolated(monkeypatch, trained_case.home)
+    rows = trained_case.rows()
+    table = tmp_path / "rows.csv"
+    rows.to_csv(table, index=False)
+    output = tmp_path / "predictions.parquet"
+    result = CliRunner().invoke(main, [
+        "score", str(table), "--output", str(output), "--model-name", trained_case.name,
+    ])
+    assert result.exit_code == 0, result.output
+    out = pd.read_parquet(output)
+    predicted, proba = trained_case.own_predictions(rows, tmp_path / "model")
+    assert out["predicted_class"].tolist() == predicted.tolist()
+    columns = [f"probability_{c}" for c in trained_case.metadata["classes"]]
+    np.testing.assert_allclose(out[columns].to_numpy(), proba)
+
+
+def test_the_report_and_the_kfp_confusion_matrix_name_the_classes(trained_case: Trained) -> None:
+    line = next(x for x in trained_case.output.splitlines() if x.startswith("report: "))
+    report = Path(line.removeprefix("report: "))
+    assert report.parent == trained_case.home / "reports"
+    page = report.read_text()
+    assert "decision: deploy" in page and "<svg" in page
+    for name in trained_case.spec.class_names:
+        assert f"<th>{name}</th>" in page
+    executor = trained_case.run_dir / "evaluate" / "executor_output.json"
+    matrix = json.loads(executor.read_text())["artifacts"]["classification"]["artifacts"][0]
+    specs = matrix["metadata"]["confusionMatrix"]["annotationSpecs"]
+    assert [s["displayName"] for s in specs] == trained_case.spec.class_names
+
+
+# The imbalanced table of the issue: 3% positives, one feature that tells them apart a little.
+def _imbalanced(path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    labels = np.zeros(1000, dtype=int)
+    labels[rng.choice(1000, 30, replace=False)] = 1
+    pd.DataFrame({
+        "x1": rng.normal(size=1000) + 1.5 * labels, "x2": rng.normal(size=1000),
+        "fraud": labels,
+    }).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def imbalanced(home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The default gate on the imbalanced table, then a balanced model on balanced accuracy."""
+    table = _imbalanced(tmp_path_factory.mktemp("tables") / "fraud.csv")
+    common = ["--source", str(table), "--label-column", "fraud", "--model-name", "fraud"]
+    majority, _ = _run_in(home, common)
+    stored_after_majority = (home / "store" / "fraud").exists()
+    balanced, _ = _run_in(home, [
+        *common, "--hyperparameters", '{"class_weight": "balanced"}', "--gate-metric",
+        "balanced_accuracy", "--min-score", "0.7",
+    ])
+    return {"home": home, "majority": majority, "balanced": balanced,
+            "stored_after_majority": stored_after_majority}
+
+
+def test_a_majority_only_model_is_refused_by_default_saying_so_and_exits_5(
+    imbalanced: dict[str, Any],
+) -> None:
+    result = imbalanced["majority"]
+    assert result.exit_code == 5, result.output
+    assert "accuracy             0.9700" in result.output  # above the 0.9 accuracy floor
+    assert (
+        "decision: gated: accuracy 0.9700 is no better than always predicting the majority "
+        "class 0 (0.9700 on the holdout)"
+    ) in result.output
+    assert not imbalanced["stored_after_majority"]
+    report = next(x for x in result.output.splitlines() if x.startswith("report: "))
+    assert "decision: gated" in Path(report.removeprefix("report: ")).read_text()
+
+
+def test_a_balanced_model_judged_on_balanced_accuracy_is_deployed(
+    imbalanced: dict[str, Any],
+) -> None:
+    result = imbalanced["balanced"]
+    assert result.exit_code == 0, result.output
+    assert "decision: deploy: no champion in production; balanced_accuracy" in result.output
+    metadata = json.loads((imbalanced["home"] / "store/fraud/1/metadata.json").read_text())
+    assert metadata["params"]["hyperparameters"] == {"class_weight": "balanced"}
+    # The model the old accuracy-only gate refused: it finds the positives at a cost in accuracy.
+    assert metadata["metrics"]["balanced_accuracy"] > 0.7
+    assert metadata["metrics"]["accuracy"] < 0.9
