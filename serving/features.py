@@ -28,7 +28,9 @@ TENSOR = "tensor"
 DATAFRAME = "dataframe"
 # What a label's v2 datatype is, from the kind of the model's classes.
 LABEL_DATATYPES = ("INT64", "BYTES", "BOOL")
-_NUMERIC_DATATYPES = (
+# v2 datatypes a numeric feature can arrive in (BOOL, BYTES and FP16 carry no valid features:
+# FP16 over JSON is refused by KServe itself).
+NUMERIC_DATATYPES = (
     "FP32",
     "FP64",
     "INT8",
@@ -42,7 +44,7 @@ _NUMERIC_DATATYPES = (
 )
 # Every v2 datatype name: a request's datatype is named in a message only when it is one of
 # these, so a message never carries what a client made up.
-_V2_DATATYPES = (*_NUMERIC_DATATYPES, "BOOL", "BYTES", "FP16")
+_V2_DATATYPES = (*NUMERIC_DATATYPES, "BOOL", "BYTES", "FP16")
 _NAME_CHARS = 40
 _LISTED = 5
 
@@ -270,7 +272,7 @@ def _values(tensor: InferInput) -> list[Any]:
 
 
 def _numeric(values: list[Any], datatype: Any, where: str) -> list[float]:
-    if datatype not in _NUMERIC_DATATYPES:
+    if datatype not in NUMERIC_DATATYPES:
         raise InvalidInput(
             f"{where} is numeric but has {datatype_named(datatype)}: send it as FP64 (or "
             "another numeric v2 datatype), null for a missing value"

@@ -18,6 +18,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve.utils.numpy_codec import to_np_dtype
 
 from serving.features import (
+    NUMERIC_DATATYPES,
     TENSOR,
     FeatureSchema,
     as_frame,
@@ -29,20 +30,6 @@ from serving.features import (
 )
 from serving.features import quoted as _quoted
 
-# v2 datatypes a numeric feature can arrive in (BOOL, BYTES and FP16 carry no valid features:
-# FP16 over JSON is refused by KServe itself).
-NUMERIC_DATATYPES = (
-    "FP32",
-    "FP64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-)
 # The request parameter that asks for class probabilities instead of labels. sklearnserver reads
 # the PREDICT_PROBA environment variable for the whole server; here a request can ask for itself
 # and the variable stays the default.
