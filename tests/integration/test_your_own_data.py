@@ -7,18 +7,25 @@ table whose majority-only model the default gate refuses. Each case is trained o
 MLflow database to create, not one per case); every batch-scored answer is compared with the
 stored model's own ``predict``.
 
-``trained_case`` hands each case's stored version and its real holdout rows to a test: a
-serving check (``mlops serve`` answers against the same ``predict``) takes the same fixture.
+``trained_case`` hands each case's stored version and its real holdout rows to a test. The
+serving half: ``served_case`` starts the real ``mlops serve`` once per case; its v2 answers (the
+single-tensor form for a ``tensor`` model, the pandas codec for every model) must be the stored
+model's own ``predict`` and ``predict_proba``, with the metadata's label datatype. KServe's
+sklearn runtime (kserve 0.20.0 from PyPI, ``tests/integration/kserve_runtime``) loads the stored
+version directory of every case and must answer the same pandas-codec request with the same
+labels as ``mlops serve``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +34,9 @@ from click.testing import CliRunner
 from mlops.cli import main
 from mlops.scoring import load_model
 from mlops.training import model_input, types_of
+from serving.client import Rows, frame_rows, v2_request
+from tests.integration.kserve_runtime import start_runtime
+from tests.integration.serving_helpers import ServerProcess, start_server
 
 ROWS = 200
 
@@ -304,3 +314,118 @@ def test_a_balanced_model_judged_on_balanced_accuracy_is_deployed(
     # The model the old accuracy-only gate refused: it finds the positives at a cost in accuracy.
     assert metadata["metrics"]["balanced_accuracy"] > 0.7
     assert metadata["metrics"]["accuracy"] < 0.9
+
+
+# The serving half: `mlops serve` (and KServe's sklearn runtime) against the same `predict`.
+
+
+@dataclass
+class ServedCase:
+    """A trained case served by ``mlops serve``, and its stored model's own answers."""
+
+    trained: Trained
+    server: ServerProcess
+    predicted: np.ndarray
+    proba: np.ndarray
+
+    def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.server.url}/v2/models/{self.trained.name}/infer"
+        return _output(httpx.post(url, json=body, timeout=30))
+
+
+@pytest.fixture(scope="module")
+def served_case(
+    trained_case: Trained, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedCase]:
+    """``mlops serve --workers 1`` on the case's deployed version, one server per case."""
+    assert trained_case.exit_code == 0, trained_case.output
+    predicted, proba = trained_case.own_predictions(
+        trained_case.rows(), tmp_path_factory.mktemp("own-model")
+    )
+    server = start_server(trained_case.home, "--model-name", trained_case.name, "--workers", "1")
+    try:
+        yield ServedCase(trained_case, server, predicted, proba)
+    finally:
+        server.stop()
+
+
+def _output(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    return dict(output)
+
+
+def _tensor_request(rows: pd.DataFrame, probabilities: bool = False) -> dict[str, Any]:
+    """One FP64 tensor in the model's column order, ``null`` for a missing value."""
+    values = [[None if math.isnan(v) else v for v in row] for row in rows.to_numpy(float).tolist()]
+    return v2_request(Rows(values), probabilities)
+
+
+def _pandas_request(rows: pd.DataFrame, probabilities: bool = False) -> dict[str, Any]:
+    """The pandas codec, as `mlops predict` sends a table: one tensor per column, by name."""
+    return v2_request(frame_rows(rows), probabilities)
+
+
+def _assert_labels(served: ServedCase, output: dict[str, Any]) -> None:
+    assert output["data"] == served.predicted.tolist()
+    assert output["datatype"] == served.trained.metadata["label_datatype"]
+    assert output["shape"] == [len(served.predicted)]
+
+
+def _assert_probabilities(served: ServedCase, output: dict[str, Any]) -> None:
+    assert output["datatype"] == "FP64"
+    assert output["shape"] == list(served.proba.shape)
+    data = np.asarray(output["data"], dtype=float).reshape(served.proba.shape)
+    np.testing.assert_allclose(data, served.proba, rtol=0, atol=1e-9)
+
+
+def test_mlops_serve_answers_the_pandas_codec_as_the_stored_model_s_own_predict(
+    served_case: ServedCase,
+) -> None:
+    rows = served_case.trained.rows()
+    # The columns in reverse: the server matches them by name, as KServe's codec does.
+    body = _pandas_request(rows[rows.columns[::-1]])
+    assert body["parameters"] == {"content_type": "pd"}
+    _assert_labels(served_case, served_case.infer(body))
+
+
+def test_mlops_serve_answers_the_pandas_codec_s_probabilities_as_predict_proba(
+    served_case: ServedCase,
+) -> None:
+    rows = served_case.trained.rows()
+    _assert_probabilities(served_case, served_case.infer(_pandas_request(rows, True)))
+
+
+def test_one_tensor_is_answered_as_predict_by_a_tensor_model_and_refused_by_a_dataframe_one(
+    served_case: ServedCase,
+) -> None:
+    trained = served_case.trained
+    if trained.metadata["input_kind"] != "tensor":
+        # A dataframe model refuses the single tensor, saying what to send instead.
+        url = f"{served_case.server.url}/v2/models/{trained.name}/infer"
+        refused = httpx.post(url, json=_tensor_request(trained.rows().select_dtypes("number")))
+        assert refused.status_code == 400, refused.text
+        assert "content_type" in refused.json()["error"]
+        return
+    rows = trained.rows()
+    _assert_labels(served_case, served_case.infer(_tensor_request(rows)))
+    _assert_probabilities(served_case, served_case.infer(_tensor_request(rows, True)))
+
+
+def test_kserve_s_sklearn_runtime_answers_the_stored_version_as_mlops_serve(
+    served_case: ServedCase,
+) -> None:
+    trained = served_case.trained
+    # The version directory the pipeline stored: what the storage initializer leaves in
+    # /mnt/models. KServe builds the DataFrame in the request's column order and a tensor model
+    # reads positions, so the columns go in the model's order.
+    version_dir = Path(trained.storage_uri.removeprefix("file://"))
+    body = _pandas_request(trained.rows())
+    runtime = start_runtime(version_dir, trained.name, trained.home)
+    try:
+        answered = _output(httpx.post(runtime.infer_url(), json=body, timeout=30))
+    finally:
+        runtime.stop()
+    local = served_case.infer(body)
+    assert answered["data"] == local["data"] == served_case.predicted.tolist()
+    assert answered["datatype"] == local["datatype"] == trained.metadata["label_datatype"]
