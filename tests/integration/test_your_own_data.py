@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from mlops.scoring import load_model
 from mlops.training import model_input, types_of
 from serving.client import Rows, frame_rows, v2_request
 from tests.integration.kserve_runtime import start_runtime
-from tests.integration.serving_helpers import ServerProcess, start_server
+from tests.integration.serving_helpers import ServerProcess, mlops, start_server
 
 ROWS = 200
 
@@ -429,3 +430,73 @@ def test_kserve_s_sklearn_runtime_answers_the_stored_version_as_mlops_serve(
     local = served_case.infer(body)
     assert answered["data"] == local["data"] == served_case.predicted.tolist()
     assert answered["datatype"] == local["datatype"] == trained.metadata["label_datatype"]
+
+
+@pytest.fixture(scope="module")
+def rolled_out(
+    home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """The mixed text-label forest run twice: version 2 a canary, `mlops rollout` under load."""
+    name = "forest-rollout"
+    table = tmp_path_factory.mktemp("tables") / f"{name}.parquet"
+    _text_three_classes_mixed().to_parquet(table)
+    arguments = ["--source", str(table), "--label-column", "label", "--estimator", "random_forest",
+                 "--model-name", name]  # fmt: skip
+    first, run_dir = _run_in(home, arguments)
+    assert first.exit_code == 0, first.output
+    rows = pd.read_parquet(run_dir / "train" / "holdout").drop(columns=["label"])
+    server = start_server(home, "--model-name", name, "--workers", "1")
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    # The whole table, 50 rows a request in turn: traffic like the training data, so the input
+    # drift signal (PSI against the training rows) judges it in bounds.
+    table_rows = pd.read_parquet(table).drop(columns=["label"])
+    bodies = [_pandas_request(table_rows.iloc[i : i + 50]) for i in range(0, len(table_rows), 50)]
+
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as http:
+            for turn in range(10_000):
+                if stop.is_set():
+                    break
+                url = f"{server.url}/v2/models/{name}/infer"
+                statuses.append(http.post(url, json=bodies[turn % len(bodies)]).status_code)
+                stop.wait(0.02)
+
+    client = threading.Thread(target=traffic)
+    try:
+        second, _ = _run_in(home, arguments)
+        client.start()
+        rollout = mlops(
+            home, "rollout", name, "--url", server.url, "--steps", "50,100", "--interval", "1",
+            "--min-requests", "10", "--min-drift-rows", "50",
+        )
+        stop.set()
+        client.join()
+        answer = _output(httpx.post(f"{server.url}/v2/models/{name}/infer",
+                                    json=_pandas_request(rows)))  # fmt: skip
+        yield {"second": second, "rollout": rollout, "statuses": statuses, "answer": answer,
+               "rows": rows, "version_2": home / "store" / name / "2"}  # fmt: skip
+    finally:
+        stop.set()
+        if client.is_alive():
+            client.join()
+        server.stop()
+
+
+def test_a_second_run_is_a_canary_that_mlops_rollout_promotes_under_load(
+    rolled_out: dict[str, Any], tmp_path: Path
+) -> None:
+    second, rollout = rolled_out["second"], rolled_out["rollout"]
+    assert second.exit_code == 0, second.output
+    assert "model: forest-rollout version 2" in second.output
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+    assert "promot" in rollout.stdout
+    assert rolled_out["statuses"] and set(rolled_out["statuses"]) == {200}
+    # After the promote, version 2 answers, as its own predict does.
+    answer = rolled_out["answer"]
+    trained = Trained("forest-rollout", CASES["forest-text-3-classes-mixed"], Path(), "", 0,
+                      f"file://{rolled_out['version_2']}/", {}, rolled_out["rows"], "label",
+                      Path())  # fmt: skip
+    predicted, _ = trained.own_predictions(rolled_out["rows"], tmp_path / "model")
+    assert answer["data"] == predicted.tolist()
