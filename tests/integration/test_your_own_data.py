@@ -433,9 +433,7 @@ def test_kserve_s_sklearn_runtime_answers_the_stored_version_as_mlops_serve(
 
 
 @pytest.fixture(scope="module")
-def rolled_out(
-    home: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
+def rolled_out(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The mixed text-label forest run twice: version 2 a canary, `mlops rollout` under load."""
     name = "forest-rollout"
     table = tmp_path_factory.mktemp("tables") / f"{name}.parquet"
@@ -463,24 +461,28 @@ def rolled_out(
                 statuses.append(http.post(url, json=bodies[turn % len(bodies)]).status_code)
                 stop.wait(0.02)
 
-    client = threading.Thread(target=traffic)
+    # Three clients and 6 s windows: enough mirrored requests (20) to judge the shadow agreement.
+    clients = [threading.Thread(target=traffic) for _ in range(3)]
     try:
         second, _ = _run_in(home, arguments)
-        client.start()
+        for client in clients:
+            client.start()
         rollout = mlops(
-            home, "rollout", name, "--url", server.url, "--steps", "50,100", "--interval", "1",
-            "--min-requests", "10", "--min-drift-rows", "50",
+            home, "rollout", name, "--url", server.url, "--steps", "50,100", "--interval", "6",
+            "--min-requests", "10", "--min-drift-rows", "50", "--max-holds", "5",
         )
         stop.set()
-        client.join()
+        for client in clients:
+            client.join()
         answer = _output(httpx.post(f"{server.url}/v2/models/{name}/infer",
                                     json=_pandas_request(rows)))  # fmt: skip
         yield {"second": second, "rollout": rollout, "statuses": statuses, "answer": answer,
                "rows": rows, "version_2": home / "store" / name / "2"}  # fmt: skip
     finally:
         stop.set()
-        if client.is_alive():
-            client.join()
+        for client in clients:
+            if client.is_alive():
+                client.join()
         server.stop()
 
 
