@@ -7,18 +7,26 @@ table whose majority-only model the default gate refuses. Each case is trained o
 MLflow database to create, not one per case); every batch-scored answer is compared with the
 stored model's own ``predict``.
 
-``trained_case`` hands each case's stored version and its real holdout rows to a test: a
-serving check (``mlops serve`` answers against the same ``predict``) takes the same fixture.
+``trained_case`` hands each case's stored version and its real holdout rows to a test. The
+serving half: ``served_case`` starts the real ``mlops serve`` once per case; its v2 answers (the
+single-tensor form for a ``tensor`` model, the pandas codec for every model) must be the stored
+model's own ``predict`` and ``predict_proba``, with the metadata's label datatype. KServe's
+sklearn runtime (kserve 0.20.0 from PyPI, ``tests/integration/kserve_runtime``) loads the stored
+version directory of every case and must answer the same pandas-codec request with the same
+labels as ``mlops serve``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,84 +35,15 @@ from click.testing import CliRunner
 from mlops.cli import main
 from mlops.scoring import load_model
 from mlops.training import model_input, types_of
-
-ROWS = 200
-
-
-def _numeric(seed: int, labels: Callable[[np.ndarray], Any]) -> pd.DataFrame:
-    """Two informative numbers and one of noise; ``labels`` maps the signal to classes."""
-    rng = np.random.default_rng(seed)
-    signal = rng.normal(size=ROWS)
-    return pd.DataFrame({
-        "signal": signal + rng.normal(scale=0.05, size=ROWS),
-        "echo": signal * 2 + rng.normal(scale=0.1, size=ROWS),
-        "noise": rng.normal(size=ROWS),
-        "label": labels(signal),
-    })
-
-
-def _int_binary_with_gaps() -> pd.DataFrame:
-    frame = _numeric(1, lambda s: (s > 0).astype(int))
-    frame.loc[::10, "noise"] = np.nan  # an all-numeric table with gaps: still a tensor model
-    return frame
-
-
-def _text_three_classes_mixed() -> pd.DataFrame:
-    frame = _numeric(2, lambda s: np.select([s < -0.5, s < 0.5], ["low", "mid"], "high"))
-    rng = np.random.default_rng(2)
-    frame["shop"] = rng.choice(["north", "south", "east"], size=ROWS).astype(object)
-    frame.loc[::7, "shop"] = None
-    frame.loc[3::11, "signal"] = np.nan  # the echo still tells
-    return frame
-
-
-def _bool_with_a_text_column() -> pd.DataFrame:
-    rng = np.random.default_rng(3)
-    colour = rng.choice(["red", "green", "blue"], size=ROWS)
-    frame = pd.DataFrame({"colour": colour.astype(object), "noise": rng.normal(size=ROWS)})
-    frame["label"] = colour == "red"
-    return frame
-
-
-def _text_binary() -> pd.DataFrame:
-    return _numeric(4, lambda s: np.where(s > 0, "spam", "ham"))
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One case: the estimator, the table (or a built-in source) and what the model says."""
-
-    estimator: str
-    table: Callable[[], pd.DataFrame] | None
-    suffix: str
-    classes: list[Any]
-    class_names: list[str]
-    label_datatype: str
-    input_kind: str
-    source: str = ""
-
-
-CASES = {
-    "logistic-int-binary-gaps": Spec(
-        "logistic_regression", _int_binary_with_gaps, ".csv", [0, 1], ["0", "1"], "INT64",
-        "tensor",
-    ),
-    "forest-text-3-classes-mixed": Spec(
-        "random_forest", _text_three_classes_mixed, ".parquet", ["high", "low", "mid"],
-        ["high", "low", "mid"], "BYTES", "dataframe",
-    ),
-    "boosting-bool-text-column": Spec(
-        "gradient_boosting", _bool_with_a_text_column, ".csv", [False, True],
-        ["False", "True"], "BOOL", "dataframe",
-    ),
-    "svc-text-binary": Spec(
-        "svc", _text_binary, ".csv", ["ham", "spam"], ["ham", "spam"], "BYTES", "tensor"
-    ),
-    "hist-boosting-iris-names": Spec(
-        "hist_gradient_boosting", None, "", [0, 1, 2], ["setosa", "versicolor", "virginica"],
-        "INT64", "tensor", source="sklearn:iris",
-    ),
-}
+from serving.client import Rows, frame_rows, v2_request
+from tests.integration.kserve_runtime import start_runtime
+from tests.integration.own_data_tables import (
+    CASES,
+    Spec,
+    imbalanced_table,
+    text_three_classes_mixed,
+)
+from tests.integration.serving_helpers import ServerProcess, mlops, start_server
 
 
 @dataclass
@@ -251,22 +190,11 @@ def test_the_report_and_the_kfp_confusion_matrix_name_the_classes(trained_case: 
     assert [s["displayName"] for s in specs] == trained_case.spec.class_names
 
 
-# The imbalanced table of the issue: 3% positives, one feature that tells them apart a little.
-def _imbalanced(path: Path) -> Path:
-    rng = np.random.default_rng(2)
-    labels = np.zeros(1000, dtype=int)
-    labels[rng.choice(1000, 30, replace=False)] = 1
-    pd.DataFrame({
-        "x1": rng.normal(size=1000) + 1.5 * labels, "x2": rng.normal(size=1000),
-        "fraud": labels,
-    }).to_csv(path, index=False)
-    return path
-
 
 @pytest.fixture(scope="module")
 def imbalanced(home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The default gate on the imbalanced table, then a balanced model on balanced accuracy."""
-    table = _imbalanced(tmp_path_factory.mktemp("tables") / "fraud.csv")
+    table = imbalanced_table(tmp_path_factory.mktemp("tables") / "fraud.csv")
     common = ["--source", str(table), "--label-column", "fraud", "--model-name", "fraud"]
     majority, _ = _run_in(home, common)
     stored_after_majority = (home / "store" / "fraud").exists()
@@ -304,3 +232,190 @@ def test_a_balanced_model_judged_on_balanced_accuracy_is_deployed(
     # The model the old accuracy-only gate refused: it finds the positives at a cost in accuracy.
     assert metadata["metrics"]["balanced_accuracy"] > 0.7
     assert metadata["metrics"]["accuracy"] < 0.9
+
+
+# The serving half: `mlops serve` (and KServe's sklearn runtime) against the same `predict`.
+
+
+@dataclass
+class ServedCase:
+    """A trained case served by ``mlops serve``, and its stored model's own answers."""
+
+    trained: Trained
+    server: ServerProcess
+    predicted: np.ndarray
+    proba: np.ndarray
+
+    def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{self.server.url}/v2/models/{self.trained.name}/infer"
+        return _output(httpx.post(url, json=body, timeout=30))
+
+
+@pytest.fixture(scope="module")
+def served_case(
+    trained_case: Trained, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedCase]:
+    """``mlops serve --workers 1`` on the case's deployed version, one server per case."""
+    assert trained_case.exit_code == 0, trained_case.output
+    predicted, proba = trained_case.own_predictions(
+        trained_case.rows(), tmp_path_factory.mktemp("own-model")
+    )
+    server = start_server(trained_case.home, "--model-name", trained_case.name, "--workers", "1")
+    try:
+        yield ServedCase(trained_case, server, predicted, proba)
+    finally:
+        server.stop()
+
+
+def _output(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    return dict(output)
+
+
+def _tensor_request(rows: pd.DataFrame, probabilities: bool = False) -> dict[str, Any]:
+    """One FP64 tensor in the model's column order, ``null`` for a missing value."""
+    values = [[None if math.isnan(v) else v for v in row] for row in rows.to_numpy(float).tolist()]
+    return v2_request(Rows(values), probabilities)
+
+
+def _pandas_request(rows: pd.DataFrame, probabilities: bool = False) -> dict[str, Any]:
+    """The pandas codec, as `mlops predict` sends a table: one tensor per column, by name."""
+    return v2_request(frame_rows(rows), probabilities)
+
+
+def _assert_labels(served: ServedCase, output: dict[str, Any]) -> None:
+    assert output["data"] == served.predicted.tolist()
+    assert output["datatype"] == served.trained.metadata["label_datatype"]
+    assert output["shape"] == [len(served.predicted)]
+
+
+def _assert_probabilities(served: ServedCase, output: dict[str, Any]) -> None:
+    assert output["datatype"] == "FP64"
+    assert output["shape"] == list(served.proba.shape)
+    data = np.asarray(output["data"], dtype=float).reshape(served.proba.shape)
+    np.testing.assert_allclose(data, served.proba, rtol=0, atol=1e-9)
+
+
+def test_mlops_serve_answers_the_pandas_codec_as_the_stored_model_s_own_predict(
+    served_case: ServedCase,
+) -> None:
+    rows = served_case.trained.rows()
+    # The columns in reverse: the server matches them by name, as KServe's codec does.
+    body = _pandas_request(rows[rows.columns[::-1]])
+    assert body["parameters"] == {"content_type": "pd"}
+    _assert_labels(served_case, served_case.infer(body))
+
+
+def test_mlops_serve_answers_the_pandas_codec_s_probabilities_as_predict_proba(
+    served_case: ServedCase,
+) -> None:
+    rows = served_case.trained.rows()
+    _assert_probabilities(served_case, served_case.infer(_pandas_request(rows, True)))
+
+
+def test_one_tensor_is_answered_as_predict_by_a_tensor_model_and_refused_by_a_dataframe_one(
+    served_case: ServedCase,
+) -> None:
+    trained = served_case.trained
+    if trained.metadata["input_kind"] != "tensor":
+        # A dataframe model refuses the single tensor, saying what to send instead.
+        url = f"{served_case.server.url}/v2/models/{trained.name}/infer"
+        refused = httpx.post(url, json=_tensor_request(trained.rows().select_dtypes("number")))
+        assert refused.status_code == 400, refused.text
+        assert "content_type" in refused.json()["error"]
+        return
+    rows = trained.rows()
+    _assert_labels(served_case, served_case.infer(_tensor_request(rows)))
+    _assert_probabilities(served_case, served_case.infer(_tensor_request(rows, True)))
+
+
+def test_kserve_s_sklearn_runtime_answers_the_stored_version_as_mlops_serve(
+    served_case: ServedCase,
+) -> None:
+    trained = served_case.trained
+    # The version directory the pipeline stored: what the storage initializer leaves in
+    # /mnt/models. KServe builds the DataFrame in the request's column order and a tensor model
+    # reads positions, so the columns go in the model's order.
+    version_dir = Path(trained.storage_uri.removeprefix("file://"))
+    body = _pandas_request(trained.rows())
+    runtime = start_runtime(version_dir, trained.name, trained.home)
+    try:
+        answered = _output(httpx.post(runtime.infer_url(), json=body, timeout=30))
+    finally:
+        runtime.stop()
+    local = served_case.infer(body)
+    assert answered["data"] == local["data"] == served_case.predicted.tolist()
+    assert answered["datatype"] == local["datatype"] == trained.metadata["label_datatype"]
+
+
+@pytest.fixture(scope="module")
+def rolled_out(home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The mixed text-label forest run twice: version 2 a canary, `mlops rollout` under load."""
+    name = "forest-rollout"
+    table = tmp_path_factory.mktemp("tables") / f"{name}.parquet"
+    text_three_classes_mixed().to_parquet(table)
+    arguments = ["--source", str(table), "--label-column", "label", "--estimator", "random_forest",
+                 "--model-name", name]  # fmt: skip
+    first, run_dir = _run_in(home, arguments)
+    assert first.exit_code == 0, first.output
+    rows = pd.read_parquet(run_dir / "train" / "holdout").drop(columns=["label"])
+    server = start_server(home, "--model-name", name, "--workers", "1")
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    # The whole table, 50 rows a request in turn: traffic like the training data, so the input
+    # drift signal (PSI against the training rows) judges it in bounds.
+    table_rows = pd.read_parquet(table).drop(columns=["label"])
+    bodies = [_pandas_request(table_rows.iloc[i : i + 50]) for i in range(0, len(table_rows), 50)]
+
+    def traffic() -> None:
+        with httpx.Client(timeout=30) as http:
+            for turn in range(10_000):
+                if stop.is_set():
+                    break
+                url = f"{server.url}/v2/models/{name}/infer"
+                statuses.append(http.post(url, json=bodies[turn % len(bodies)]).status_code)
+                stop.wait(0.02)
+
+    # Three clients and 6 s windows: enough mirrored requests (20) to judge the shadow agreement.
+    clients = [threading.Thread(target=traffic) for _ in range(3)]
+    try:
+        second, _ = _run_in(home, arguments)
+        for client in clients:
+            client.start()
+        rollout = mlops(
+            home, "rollout", name, "--url", server.url, "--steps", "50,100", "--interval", "6",
+            "--min-requests", "10", "--min-drift-rows", "50", "--max-holds", "5",
+        )
+        stop.set()
+        for client in clients:
+            client.join()
+        answer = _output(httpx.post(f"{server.url}/v2/models/{name}/infer",
+                                    json=_pandas_request(rows)))  # fmt: skip
+        yield {"second": second, "rollout": rollout, "statuses": statuses, "answer": answer,
+               "rows": rows, "version_2": home / "store" / name / "2"}  # fmt: skip
+    finally:
+        stop.set()
+        for client in clients:
+            if client.is_alive():
+                client.join()
+        server.stop()
+
+
+def test_a_second_run_is_a_canary_that_mlops_rollout_promotes_under_load(
+    rolled_out: dict[str, Any], tmp_path: Path
+) -> None:
+    second, rollout = rolled_out["second"], rolled_out["rollout"]
+    assert second.exit_code == 0, second.output
+    assert "model: forest-rollout version 2" in second.output
+    assert rollout.returncode == 0, rollout.stdout + rollout.stderr
+    assert "promot" in rollout.stdout
+    assert rolled_out["statuses"] and set(rolled_out["statuses"]) == {200}
+    # After the promote, version 2 answers, as its own predict does.
+    answer = rolled_out["answer"]
+    trained = Trained("forest-rollout", CASES["forest-text-3-classes-mixed"], Path(), "", 0,
+                      f"file://{rolled_out['version_2']}/", {}, rolled_out["rows"], "label",
+                      Path())  # fmt: skip
+    predicted, _ = trained.own_predictions(rolled_out["rows"], tmp_path / "model")
+    assert answer["data"] == predicted.tolist()
