@@ -40,8 +40,9 @@ def score(source: str, verbose: bool, **arguments: object) -> None:
     """Score INPUT (a CSV/Parquet path or s3://bucket/key) in chunks through kfp.local.
 
     Every output row has the row number (or --id-column), the predicted class, one
-    probability_<class> column per class and the model version. A missing column, a
-    non-numeric value or a NaN stops the run with the column and the row; nothing is written.
+    probability_<class> column per class and the model version. A missing column, text in a
+    numeric column, or an empty cell the model cannot impute (it was trained on a table without
+    gaps) stops the run with the column and the row; nothing is written.
     """
     from pipelines.scoring import score_locally
 
