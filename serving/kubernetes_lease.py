@@ -120,6 +120,17 @@ def acquire_lease(name: str, namespace: str, holder: str) -> str:
     return str(taken.metadata.resource_version)
 
 
+def _read_lease(api: Any, lease: str, namespace: str) -> Any | None:
+    """The Lease as the API has it now, or ``None`` when it is gone (404)."""
+    read = functools.partial(api.read_namespaced_lease, lease, namespace)
+    try:
+        return _request("read", namespace, lease, read, kind="Lease")
+    except KubernetesApiError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
 def renew_lease(name: str, namespace: str, holder: str) -> str:
     """Renew ``holder``'s rollout Lease of ``name`` (a conditional replace); its new version.
 
@@ -128,13 +139,9 @@ def renew_lease(name: str, namespace: str, holder: str) -> str:
         RuntimeError: When the API fails.
     """
     api, lease = _lease_api(), lease_name(name)
-    read = functools.partial(api.read_namespaced_lease, lease, namespace)
-    try:
-        current = _request("read", namespace, lease, read, kind="Lease")
-    except KubernetesApiError as err:
-        if err.status == 404:
-            raise LeaseLostError(f"Lease {namespace}/{lease} was deleted") from err
-        raise
+    current = _read_lease(api, lease, namespace)
+    if current is None:
+        raise LeaseLostError(f"Lease {namespace}/{lease} was deleted")
     if current.spec.holder_identity != holder:
         raise LeaseLostError(
             f"Lease {namespace}/{lease} is now held by {current.spec.holder_identity}"
@@ -162,14 +169,8 @@ def release_lease(name: str, namespace: str, holder: str) -> None:
     from kubernetes import client as k8s
 
     api, lease = _lease_api(), lease_name(name)
-    read = functools.partial(api.read_namespaced_lease, lease, namespace)
-    try:
-        current = _request("read", namespace, lease, read, kind="Lease")
-    except KubernetesApiError as err:
-        if err.status == 404:
-            return
-        raise
-    if current.spec.holder_identity != holder:
+    current = _read_lease(api, lease, namespace)
+    if current is None or current.spec.holder_identity != holder:
         return
     options = k8s.V1DeleteOptions(
         preconditions=k8s.V1Preconditions(resource_version=current.metadata.resource_version)
