@@ -33,6 +33,7 @@ from tests.integration.serving_helpers import (
     free_port,
     publish,
     start_server,
+    stop_process,
     v2_body,
 )
 from tests.integration.table_models import LABEL, fit_mixed, mixed_table, publish_table
@@ -133,8 +134,7 @@ def frontend(served: Served) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop_process(process)
 
 
 def _first_row_of_class(breast_cancer: pd.DataFrame, label: int) -> np.ndarray:
@@ -419,8 +419,7 @@ def cluster_form(table: Table, kubeconfig: Path) -> Iterator[tuple[str, Runtime]
     try:
         yield url, runtime
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop_process(process)
         runtime.stop()
 
 
@@ -518,8 +517,7 @@ def test_the_cluster_form_of_the_numeric_model_shows_its_label(
             assert page.inner_text("#probability").startswith("not reported")
             page.close()
         finally:
-            process.terminate()
-            process.wait(timeout=15)
+            stop_process(process)
             runtime.stop()
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.serving_helpers import free_port
+from tests.integration.serving_helpers import free_port, stop_process
 
 SERVER = Path(__file__).with_name("sklearnserver.py")
 RUNTIME_ENV = "MLOPS_KSERVE_RUNTIME_PYTHON"
@@ -48,13 +48,7 @@ class Runtime:
         return f"{self.url}/v2/models/{self.name}/infer"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_runtime(
